@@ -1,0 +1,2 @@
+//! Bulwark appliance.
+fn main() {}

@@ -1,0 +1,2 @@
+//! Offline verifier.
+fn main() {}
