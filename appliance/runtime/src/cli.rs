@@ -1,0 +1,154 @@
+//! Command-line interface of the `bulwark` binary.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Bulwark: sealed tenant vaults on a TPM-rooted appliance.
+#[derive(Debug, Parser)]
+#[command(name = "bulwark", version, about, propagate_version = true)]
+pub struct Cli {
+    /// The appliance's data directory.
+    #[arg(long, global = true, default_value = "/var/lib/bulwark", env = "BULWARK_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// Which TPM to use: `auto` (the TPM device if /dev/tpmrm0 exists, else a swtpm the appliance starts
+    /// and manages for its data dir), `device:/dev/tpmrm0`, or `swtpm:host=127.0.0.1,port=N`.
+    #[arg(long, global = true, default_value = "auto")]
+    pub tpm: String,
+    /// Print one JSON object instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Provision this data dir: pick the hardware profile, create the TPM's storage root key, measure
+    /// the runtime.
+    Init(InitArgs),
+    /// Create, list, delete or reseal tenants.
+    #[command(subcommand)]
+    Tenant(TenantCmd),
+    /// Store and read a tenant's records.
+    #[command(subcommand)]
+    Vault(VaultCmd),
+    /// Measured-boot tools that need no TPM.
+    #[command(subcommand)]
+    Boot(BootCmd),
+    /// TPM tools; `policy-pcr` needs no TPM.
+    #[command(subcommand)]
+    Tpm(TpmCmd),
+    /// Scripted walkthrough on a fresh data dir under --data-dir: two tenants, data in each, one
+    /// unlocked while the other stays sealed, and an unlock refused after the measured state changes.
+    Demo,
+}
+
+/// `bulwark init`.
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Hardware profile: an embedded id (`dev-swtpm`, `generic-x86-tpm2`) or a path to a profile file.
+    /// Default: `generic-x86-tpm2` with a TPM device, `dev-swtpm` otherwise.
+    #[arg(long)]
+    pub profile: Option<String>,
+    /// DEVELOPMENT ONLY: do not bind tenants to this executable's bytes, so they survive rebuilds.
+    /// Recorded in the measured config; tenants sealed this way never unseal in normal mode.
+    #[arg(long)]
+    pub danger_dev_unbound_executable: bool,
+}
+
+/// Tenant selection by immutable id.
+#[derive(Debug, Args)]
+pub struct TenantSel {
+    /// The tenant's id (32 hex digits, as `tenant create` printed it).
+    #[arg(long = "tenant")]
+    pub tenant: String,
+}
+
+/// `bulwark tenant …`.
+#[derive(Debug, Subcommand)]
+pub enum TenantCmd {
+    /// Create a tenant: a fresh KEK sealed by the TPM, an empty vault, and a recovery secret shown once.
+    Create {
+        /// Display name (1-64 of A-Z a-z 0-9 . _ -).
+        name: String,
+    },
+    /// List tenants (no secrets, no unsealing).
+    List,
+    /// Delete a tenant irreversibly: its TPM liveness bit is set first (crypto-shred), then its files go.
+    Delete {
+        #[command(flatten)]
+        sel: TenantSel,
+    },
+    /// Reseal a tenant's KEK to the current measured state after a legitimate change (update of the
+    /// binary, config or profile). Needs the tenant's recovery secret unless the old state still holds.
+    Reseal {
+        #[command(flatten)]
+        sel: TenantSel,
+        /// Read the recovery secret from this file (`-` for stdin).
+        #[arg(long)]
+        recovery_secret_file: Option<PathBuf>,
+    },
+}
+
+/// `bulwark vault …`.
+#[derive(Debug, Subcommand)]
+pub enum VaultCmd {
+    /// Store stdin under KEY.
+    Put {
+        #[command(flatten)]
+        sel: TenantSel,
+        /// Record key.
+        key: String,
+    },
+    /// Print the record under KEY to stdout.
+    Get {
+        #[command(flatten)]
+        sel: TenantSel,
+        /// Record key.
+        key: String,
+    },
+    /// List record keys, versions and sizes.
+    List {
+        #[command(flatten)]
+        sel: TenantSel,
+    },
+    /// Delete the record under KEY.
+    Delete {
+        #[command(flatten)]
+        sel: TenantSel,
+        /// Record key.
+        key: String,
+    },
+    /// Check every record and the vault's set digest.
+    Verify {
+        #[command(flatten)]
+        sel: TenantSel,
+    },
+}
+
+/// `bulwark boot …`.
+#[derive(Debug, Subcommand)]
+pub enum BootCmd {
+    /// Parse and replay a TCG PC Client binary event log (crypto-agile or legacy SHA-1).
+    Eventlog {
+        /// The log file (e.g. /sys/kernel/security/tpm0/binary_bios_measurements).
+        file: PathBuf,
+    },
+}
+
+/// `bulwark tpm …`.
+#[derive(Debug, Subcommand)]
+pub enum TpmCmd {
+    /// Compute a PolicyPCR digest (sha256 policy session) offline from PCR values.
+    PolicyPcr {
+        /// PCR bank the values come from: sha1, sha256 or sha384.
+        #[arg(long)]
+        bank: String,
+        /// A PCR and its value, `INDEX=HEX`; repeat for each PCR.
+        #[arg(long = "pcr", required = true)]
+        pcrs: Vec<String>,
+    },
+}

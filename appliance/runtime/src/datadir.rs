@@ -1,0 +1,209 @@
+//! The appliance's data directory: its layout, its config file and the active hardware profile.
+//!
+//! ```text
+//! D/appliance.toml          config (measured into the runtime PCR)
+//! D/profile.toml            the active hardware profile (measured into the runtime PCR)
+//! D/runtime-eventlog.bin    runtime measurement log (replays to the runtime PCR)
+//! D/registry.redb           tenant registry: names, liveness slots, nothing secret
+//! D/swtpm/                  state of the managed swtpm (only with --tpm auto and no TPM device)
+//! D/tenants/<id>/kek.sealed the tenant's KEK, sealed by the TPM
+//! D/tenants/<id>/vault.redb the tenant's records
+//! ```
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Version of the data-dir layout this build writes and reads.
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// What can go wrong with the data dir.
+#[derive(Debug, thiserror::Error)]
+pub enum DataDirError {
+    /// `init` has not been run on this directory.
+    #[error("{0} is not an initialised Bulwark data dir; run `bulwark --data-dir {0} init` first")]
+    NotInitialised(PathBuf),
+    /// `init` was run already.
+    #[error("{0} is already initialised")]
+    AlreadyInitialised(PathBuf),
+    /// The config file does not parse.
+    #[error("config {path} is invalid")]
+    BadConfig {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: toml::de::Error,
+    },
+    /// The config was written by another layout version.
+    #[error("data dir layout version {found} is not supported by this build (expects {LAYOUT_VERSION})")]
+    Version {
+        /// What the file says.
+        found: u32,
+    },
+    /// Filesystem error.
+    #[error("I/O on {path}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The appliance config, `D/appliance.toml`. Its exact bytes are measured into the runtime PCR, so any
+/// edit changes the measured state and seals every tenant until a legitimate reseal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApplianceConfig {
+    /// Data-dir layout version.
+    pub layout_version: u32,
+    /// Id of the active hardware profile (its bytes are in `D/profile.toml`).
+    pub profile: String,
+    /// Development only: measure a fixed label instead of the executable's bytes, so tenants survive
+    /// rebuilds of the binary. Set only by `init --danger-dev-unbound-executable`; the flag is itself
+    /// part of the measured config, so a tenant sealed in this mode never unseals in production mode.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub danger_dev_unbound_executable: bool,
+}
+
+/// An appliance data directory.
+#[derive(Debug, Clone)]
+pub struct DataDir {
+    root: PathBuf,
+}
+
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DataDirError + '_ {
+    move |source| DataDirError::Io { path: path.to_path_buf(), source }
+}
+
+/// Writes `bytes` to `path` atomically and durably: temp file, fsync, rename, fsync of the directory.
+pub fn write_durable(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    ));
+    {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path)?;
+    fs::File::open(dir)?.sync_all()
+}
+
+impl DataDir {
+    /// The data dir at `root` (not touched until used). A relative path is made absolute so the
+    /// managed swtpm and the lock files agree on it.
+    pub fn new(root: &Path) -> Result<Self, DataDirError> {
+        let root = if root.is_absolute() {
+            root.to_path_buf()
+        } else {
+            std::env::current_dir().map_err(io_err(root))?.join(root)
+        };
+        Ok(DataDir { root })
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    /// `D/appliance.toml`.
+    pub fn config_path(&self) -> PathBuf {
+        self.root.join("appliance.toml")
+    }
+    /// `D/profile.toml`.
+    pub fn profile_path(&self) -> PathBuf {
+        self.root.join("profile.toml")
+    }
+    /// `D/runtime-eventlog.bin`.
+    pub fn runtime_log_path(&self) -> PathBuf {
+        self.root.join("runtime-eventlog.bin")
+    }
+    /// `D/registry.redb`.
+    pub fn registry_path(&self) -> PathBuf {
+        self.root.join("registry.redb")
+    }
+    /// `D/swtpm`, the managed swtpm's state.
+    pub fn swtpm_dir(&self) -> PathBuf {
+        self.root.join("swtpm")
+    }
+    /// `D/tenants/<id>`.
+    pub fn tenant_dir(&self, id: &crate::ids::TenantId) -> PathBuf {
+        self.root.join("tenants").join(id.to_string())
+    }
+
+    /// Whether `init` has run here.
+    pub fn is_initialised(&self) -> bool {
+        self.config_path().exists()
+    }
+
+    /// Writes the config and profile of a new appliance. Fails if one exists already.
+    pub fn initialise(&self, config: &ApplianceConfig, profile_bytes: &[u8]) -> Result<(), DataDirError> {
+        if self.is_initialised() {
+            return Err(DataDirError::AlreadyInitialised(self.root.clone()));
+        }
+        fs::create_dir_all(self.root.join("tenants")).map_err(io_err(&self.root))?;
+        let text = toml::to_string(config).map_err(|e| DataDirError::Io {
+            path: self.config_path(),
+            source: std::io::Error::other(e),
+        })?;
+        let pp = self.profile_path();
+        write_durable(&pp, profile_bytes).map_err(io_err(&pp))?;
+        // Config last: its presence marks the dir as initialised.
+        let cp = self.config_path();
+        write_durable(&cp, text.as_bytes()).map_err(io_err(&cp))
+    }
+
+    /// Reads the config's exact bytes and its parsed form.
+    pub fn load_config(&self) -> Result<(Vec<u8>, ApplianceConfig), DataDirError> {
+        let path = self.config_path();
+        if !path.exists() {
+            return Err(DataDirError::NotInitialised(self.root.clone()));
+        }
+        let bytes = fs::read(&path).map_err(io_err(&path))?;
+        let text = String::from_utf8_lossy(&bytes);
+        let config: ApplianceConfig =
+            toml::from_str(&text).map_err(|source| DataDirError::BadConfig { path: path.clone(), source })?;
+        if config.layout_version != LAYOUT_VERSION {
+            return Err(DataDirError::Version { found: config.layout_version });
+        }
+        Ok((bytes, config))
+    }
+
+    /// Reads the active profile's exact bytes.
+    pub fn load_profile_bytes(&self) -> Result<Vec<u8>, DataDirError> {
+        let p = self.profile_path();
+        fs::read(&p).map_err(io_err(&p))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_then_load_and_refuse_twice() {
+        let d = tempfile::tempdir().unwrap();
+        let dd = DataDir::new(d.path()).unwrap();
+        assert!(matches!(dd.load_config(), Err(DataDirError::NotInitialised(_))));
+        let cfg = ApplianceConfig { layout_version: 1, profile: "dev-swtpm".into(), danger_dev_unbound_executable: false };
+        dd.initialise(&cfg, b"profile").unwrap();
+        let (bytes, back) = dd.load_config().unwrap();
+        assert_eq!(back, cfg);
+        assert!(!String::from_utf8(bytes).unwrap().contains("danger"));
+        assert!(matches!(dd.initialise(&cfg, b"p"), Err(DataDirError::AlreadyInitialised(_))));
+    }
+
+    #[test]
+    fn unknown_config_keys_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let dd = DataDir::new(d.path()).unwrap();
+        std::fs::write(dd.config_path(), "layout_version = 1\nprofile = \"x\"\nsurprise = true\n").unwrap();
+        assert!(matches!(dd.load_config(), Err(DataDirError::BadConfig { .. })));
+    }
+}

@@ -1,0 +1,208 @@
+//! The tenant registry, `D/registry.redb`: which tenants exist, their names and TPM liveness slots.
+//!
+//! Nothing here is secret and nothing here is trusted for access control: a tenant's data opens only
+//! with its KEK, which only the TPM releases, and only while the tenant's liveness bit in TPM NV is
+//! clear. The registry is bookkeeping: a restored or edited registry can at worst list a tenant that
+//! can no longer be unlocked.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use redb::{Database, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::ids::TenantId;
+
+const TENANTS: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("tenants");
+const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+const NEXT_SLOT: &str = "next-liveness-slot";
+
+/// Longest tenant display name, in bytes.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// What can go wrong with the registry.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The name is empty, too long, or has characters outside `[A-Za-z0-9._-]`.
+    #[error("invalid tenant name {0:?}: use 1-64 characters from A-Z a-z 0-9 . _ -")]
+    BadName(String),
+    /// A live tenant has that name already.
+    #[error("a tenant named {0:?} exists already")]
+    NameTaken(String),
+    /// No tenant with that id.
+    #[error("no tenant {0} on this appliance")]
+    UnknownTenant(TenantId),
+    /// Another process holds the registry.
+    #[error("the tenant registry {0} is in use by another bulwark process; try again when it finishes")]
+    Busy(PathBuf),
+    /// The registry database failed or is corrupt.
+    #[error("tenant registry is unreadable or corrupt")]
+    Store(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+fn store<E: std::error::Error + Send + Sync + 'static>(e: E) -> RegistryError {
+    RegistryError::Store(Box::new(e))
+}
+
+/// A tenant's liveness slot in TPM NV: bit `bit` of liveness index number `index`. The tenant is alive
+/// while that bit is clear; deleting it sets the bit, which no one can clear again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotNumber(pub u64);
+
+impl SlotNumber {
+    /// The NV liveness index number holding this slot (64 slots per index).
+    pub fn index(self) -> u32 {
+        u32::try_from(self.0 / 64).unwrap_or(u32::MAX)
+    }
+    /// The bit within that index.
+    pub fn bit(self) -> u8 {
+        // The remainder of a division by 64 always fits in a u8.
+        u8::try_from(self.0 % 64).unwrap_or(0)
+    }
+}
+
+/// A tenant as the registry knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantRecord {
+    /// Immutable id.
+    pub id: TenantId,
+    /// Display name, unique among live tenants.
+    pub name: String,
+    /// Creation time, seconds since the Unix epoch.
+    pub created_unix: u64,
+    /// Its TPM liveness slot.
+    pub slot: SlotNumber,
+}
+
+/// The open registry.
+pub struct Registry {
+    db: Database,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Registry")
+    }
+}
+
+/// Checks a tenant display name.
+pub fn check_name(name: &str) -> Result<(), RegistryError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if ok { Ok(()) } else { Err(RegistryError::BadName(name.chars().take(80).collect())) }
+}
+
+impl Registry {
+    /// Opens (creating if needed) the registry at `path`, waiting up to 30 s for another process.
+    pub fn open(path: &Path) -> Result<Self, RegistryError> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match Database::create(path) {
+                Ok(db) => return Ok(Registry { db }),
+                Err(redb::DatabaseError::DatabaseAlreadyOpen) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(RegistryError::Busy(path.to_path_buf())),
+                Err(e) => return Err(store(e)),
+            }
+        }
+    }
+
+    /// Reserves the next never-used liveness slot. Slots are never reused: a deleted tenant's bit stays set.
+    pub fn allocate_slot(&self) -> Result<SlotNumber, RegistryError> {
+        let mut tx = self.db.begin_write().map_err(store)?;
+        tx.set_durability(redb::Durability::Immediate);
+        let slot;
+        {
+            let mut c = tx.open_table(COUNTERS).map_err(store)?;
+            slot = c.get(NEXT_SLOT).map_err(store)?.map(|v| v.value()).unwrap_or(0);
+            c.insert(NEXT_SLOT, slot.saturating_add(1)).map_err(store)?;
+        }
+        tx.commit().map_err(store)?;
+        Ok(SlotNumber(slot))
+    }
+
+    /// Adds a tenant record. Fails if a live tenant has its name.
+    pub fn insert(&self, rec: &TenantRecord) -> Result<(), RegistryError> {
+        check_name(&rec.name)?;
+        if self.list()?.iter().any(|t| t.name == rec.name) {
+            return Err(RegistryError::NameTaken(rec.name.clone()));
+        }
+        let bytes = postcard::to_stdvec(rec).map_err(store)?;
+        let mut tx = self.db.begin_write().map_err(store)?;
+        tx.set_durability(redb::Durability::Immediate);
+        tx.open_table(TENANTS).map_err(store)?.insert(rec.id.as_bytes(), bytes.as_slice()).map_err(store)?;
+        tx.commit().map_err(store)
+    }
+
+    /// Looks a tenant up by id.
+    pub fn get(&self, id: TenantId) -> Result<TenantRecord, RegistryError> {
+        let tx = self.db.begin_read().map_err(store)?;
+        let t = match tx.open_table(TENANTS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Err(RegistryError::UnknownTenant(id)),
+            Err(e) => return Err(store(e)),
+        };
+        let v = t.get(id.as_bytes()).map_err(store)?.ok_or(RegistryError::UnknownTenant(id))?;
+        postcard::from_bytes(v.value()).map_err(store)
+    }
+
+    /// Every tenant, ordered by name.
+    pub fn list(&self) -> Result<Vec<TenantRecord>, RegistryError> {
+        let tx = self.db.begin_read().map_err(store)?;
+        let t = match tx.open_table(TENANTS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(store(e)),
+        };
+        let mut out = Vec::new();
+        for item in t.iter().map_err(store)? {
+            let (_, v) = item.map_err(store)?;
+            out.push(postcard::from_bytes::<TenantRecord>(v.value()).map_err(store)?);
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// Removes a tenant record.
+    pub fn remove(&self, id: TenantId) -> Result<(), RegistryError> {
+        let mut tx = self.db.begin_write().map_err(store)?;
+        tx.set_durability(redb::Durability::Immediate);
+        let existed = tx.open_table(TENANTS).map_err(store)?.remove(id.as_bytes()).map_err(store)?.is_some();
+        tx.commit().map_err(store)?;
+        if existed { Ok(()) } else { Err(RegistryError::UnknownTenant(id)) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_never_reused_and_names_unique() {
+        let d = tempfile::tempdir().unwrap();
+        let r = Registry::open(&d.path().join("r.redb")).unwrap();
+        let s0 = r.allocate_slot().unwrap();
+        let s1 = r.allocate_slot().unwrap();
+        assert_eq!((s0.0, s1.0), (0, 1));
+        let rec = TenantRecord { id: TenantId::random(), name: "legal".into(), created_unix: 1, slot: s0 };
+        r.insert(&rec).unwrap();
+        let dup = TenantRecord { id: TenantId::random(), name: "legal".into(), created_unix: 1, slot: s1 };
+        assert!(matches!(r.insert(&dup), Err(RegistryError::NameTaken(_))));
+        assert_eq!(r.get(rec.id).unwrap(), rec);
+        r.remove(rec.id).unwrap();
+        assert!(matches!(r.get(rec.id), Err(RegistryError::UnknownTenant(_))));
+        assert_eq!(r.allocate_slot().unwrap().0, 2);
+        assert_eq!(SlotNumber(130).index(), 2);
+        assert_eq!(SlotNumber(130).bit(), 2);
+    }
+
+    #[test]
+    fn names_are_checked() {
+        for bad in ["", "a b", "x/y", &"n".repeat(65), "é"] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+        check_name("legal-dept_2.eu").unwrap();
+    }
+}

@@ -1,0 +1,576 @@
+//! A tenant's vault: one redb file per tenant holding AEAD-encrypted records.
+//!
+//! Key hierarchy: the tenant's KEK (unsealed from the TPM, never on disk) wraps one data key (DEK) stored in
+//! the vault's `meta` table; the DEK encrypts records with AES-256-GCM-SIV. Associated data binds the tenant
+//! id, the record key and the record version, so a ciphertext moved to another tenant, another key or
+//! another version fails to open. A keyed set digest over all records and metadata (HMAC-SHA-256 of each
+//! entry, XOR-combined, kept in `meta`) lets [`Vault::verify`] detect entries that were removed, renamed or
+//! duplicated on disk — things a per-record AEAD alone cannot see.
+//!
+//! Concurrency: a vault is held by one process at a time (an advisory lock on `vault.lock` beside the file);
+//! a second writer waits up to [`LOCK_WAIT`] and then gets [`VaultError::Busy`], never a torn write.
+//! Every write transaction is durable (fsync) before `put`/`delete` return.
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use aes_gcm_siv::aead::{Aead, KeyInit, Payload};
+use aes_gcm_siv::{Aes256GcmSiv, Nonce};
+use hmac::{Hmac, Mac};
+use rand::RngCore;
+use redb::{Database, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use zeroize::Zeroizing;
+
+use crate::ids::TenantId;
+use crate::secret::SecretKey;
+
+/// Longest record key, in bytes.
+pub const MAX_KEY_LEN: usize = 256;
+/// Largest record value, in bytes (1 MiB).
+pub const MAX_VALUE_LEN: usize = 1 << 20;
+/// How long a second opener waits for the vault lock.
+pub const LOCK_WAIT: Duration = Duration::from_secs(30);
+
+const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const META_DEK: &str = "dek";
+const META_DIGEST: &str = "set-digest";
+const META_FORMAT: &str = "format";
+const FORMAT_V1: &[u8] = b"bulwark-vault/v1";
+
+const AAD_DEK: &[u8] = b"bulwark/vault/dek/v1\0";
+const AAD_RECORD: &[u8] = b"bulwark/vault/record/v1\0";
+const AAD_SECRET: &[u8] = b"bulwark/vault/secret/v1\0";
+const MAC_LABEL: &[u8] = b"bulwark/vault/set-digest/v1\0";
+
+/// What can go wrong with a vault.
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    /// The record key is empty, too long, or has control characters.
+    #[error("invalid record key: {0}")]
+    BadKey(&'static str),
+    /// The value is larger than [`MAX_VALUE_LEN`].
+    #[error("value of {len} bytes is over the {max}-byte limit")]
+    TooLarge {
+        /// Its size.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// No record under that key.
+    #[error("no record {0:?} in this tenant's vault")]
+    NotFound(String),
+    /// The vault file is not there.
+    #[error("vault file {0} does not exist")]
+    Missing(PathBuf),
+    /// Another process holds this vault.
+    #[error("another process is using this tenant's vault ({0}); try again when it finishes")]
+    Busy(PathBuf),
+    /// A record, the wrapped DEK or the set digest failed authentication: the file was altered, or it
+    /// belongs to another tenant.
+    #[error("vault integrity check failed: {0}")]
+    Integrity(String),
+    /// The vault file is not a readable redb database of ours.
+    #[error("vault file is corrupt or not a Bulwark vault")]
+    Corrupt(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// Filesystem error.
+    #[error("vault I/O on {path}")]
+    Io {
+        /// Which file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// One sealed record as stored.
+#[derive(Serialize, Deserialize)]
+struct Envelope {
+    version: u64,
+    nonce: [u8; 12],
+    ciphertext: Vec<u8>,
+}
+
+/// A record's listing entry (no plaintext).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RecordInfo {
+    /// The record key.
+    pub key: String,
+    /// Its version (1 for the first put, +1 per overwrite).
+    pub version: u64,
+    /// Plaintext length in bytes.
+    pub len: usize,
+}
+
+/// An open, unlocked vault.
+pub struct Vault {
+    db: Database,
+    tenant: TenantId,
+    dek: SecretKey,
+    mac_key: SecretKey,
+    path: PathBuf,
+    _lock: File,
+}
+
+impl std::fmt::Debug for Vault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vault").field("tenant", &self.tenant).field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+fn corrupt<E: std::error::Error + Send + Sync + 'static>(e: E) -> VaultError {
+    VaultError::Corrupt(Box::new(e))
+}
+
+fn check_key(key: &str) -> Result<(), VaultError> {
+    if key.is_empty() {
+        return Err(VaultError::BadKey("empty"));
+    }
+    if key.len() > MAX_KEY_LEN {
+        return Err(VaultError::BadKey("longer than 256 bytes"));
+    }
+    if key.chars().any(char::is_control) {
+        return Err(VaultError::BadKey("contains control characters"));
+    }
+    Ok(())
+}
+
+fn lock_path(path: &Path) -> PathBuf {
+    path.with_extension("lock")
+}
+
+fn acquire_lock(path: &Path) -> Result<File, VaultError> {
+    let lp = lock_path(path);
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lp)
+        .map_err(|source| VaultError::Io { path: lp.clone(), source })?;
+    let start = Instant::now();
+    loop {
+        match f.try_lock() {
+            Ok(()) => return Ok(f),
+            Err(std::fs::TryLockError::WouldBlock) if start.elapsed() < LOCK_WAIT => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => return Err(VaultError::Busy(path.to_path_buf())),
+            Err(std::fs::TryLockError::Error(source)) => return Err(VaultError::Io { path: lp, source }),
+        }
+    }
+}
+
+fn aad(label: &[u8], tenant: &TenantId, key: &str, version: u64) -> Vec<u8> {
+    let mut a = Vec::with_capacity(label.len() + 16 + 4 + key.len() + 8);
+    a.extend_from_slice(label);
+    a.extend_from_slice(tenant.as_bytes());
+    a.extend_from_slice(&u32::try_from(key.len()).unwrap_or(u32::MAX).to_be_bytes());
+    a.extend_from_slice(key.as_bytes());
+    a.extend_from_slice(&version.to_be_bytes());
+    a
+}
+
+fn seal(key: &SecretKey, aad: &[u8], plaintext: &[u8]) -> Envelope {
+    let cipher = Aes256GcmSiv::new(key.expose_secret().into());
+    let mut nonce = [0u8; 12];
+    rand::rngs::OsRng.fill_bytes(&mut nonce);
+    // GCM-SIV encryption only fails for inputs over 2^36 bytes, far above MAX_VALUE_LEN.
+    let ciphertext = cipher
+        .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad })
+        .unwrap_or_default();
+    Envelope { version: 0, nonce, ciphertext }
+}
+
+fn open_env(key: &SecretKey, aad: &[u8], env: &Envelope) -> Option<Zeroizing<Vec<u8>>> {
+    let cipher = Aes256GcmSiv::new(key.expose_secret().into());
+    cipher
+        .decrypt(Nonce::from_slice(&env.nonce), Payload { msg: &env.ciphertext, aad })
+        .ok()
+        .map(Zeroizing::new)
+}
+
+/// The set-digest contribution of one stored (table, key, value) entry.
+fn entry_mac(mac_key: &SecretKey, table: &str, key: &str, value: &[u8]) -> [u8; 32] {
+    // HMAC accepts keys of any length, so new_from_slice cannot fail for a 32-byte key.
+    let Ok(mut m) = <Hmac<Sha256> as Mac>::new_from_slice(mac_key.expose_secret()) else {
+        return [0u8; 32];
+    };
+    m.update(MAC_LABEL);
+    for part in [table.as_bytes(), key.as_bytes(), value] {
+        m.update(&u64::try_from(part.len()).unwrap_or(u64::MAX).to_be_bytes());
+        m.update(part);
+    }
+    m.finalize().into_bytes().into()
+}
+
+fn xor_into(acc: &mut [u8; 32], x: &[u8; 32]) {
+    for (a, b) in acc.iter_mut().zip(x) {
+        *a ^= b;
+    }
+}
+
+fn derive_mac_key(dek: &SecretKey) -> SecretKey {
+    use sha2::Digest;
+    let mut h = Sha256::new();
+    h.update(b"bulwark/vault/mac-key/v1\0");
+    h.update(dek.expose_secret());
+    let mut out: [u8; 32] = h.finalize().into();
+    let k = SecretKey::take_from(&mut out);
+    k.unwrap_or_else(SecretKey::random)
+}
+
+impl Vault {
+    /// Creates a new vault file at `path` for `tenant`, with a fresh DEK wrapped by `kek`.
+    pub fn create(path: &Path, tenant: TenantId, kek: &SecretKey) -> Result<Self, VaultError> {
+        let lock = acquire_lock(path)?;
+        let db = Database::create(path).map_err(corrupt)?;
+        let dek = SecretKey::random();
+        let mac_key = derive_mac_key(&dek);
+        let mut wrapped = seal(kek, &aad(AAD_DEK, &tenant, "", 0), dek.expose_secret());
+        wrapped.version = 0;
+        let wrapped = postcard::to_stdvec(&wrapped).map_err(corrupt)?;
+        let mut digest = [0u8; 32];
+        xor_into(&mut digest, &entry_mac(&mac_key, "meta", META_FORMAT, FORMAT_V1));
+        let mut tx = db.begin_write().map_err(corrupt)?;
+        tx.set_durability(redb::Durability::Immediate);
+        {
+            let mut meta = tx.open_table(META).map_err(corrupt)?;
+            meta.insert(META_FORMAT, FORMAT_V1).map_err(corrupt)?;
+            meta.insert(META_DEK, wrapped.as_slice()).map_err(corrupt)?;
+            meta.insert(META_DIGEST, digest.as_slice()).map_err(corrupt)?;
+            tx.open_table(RECORDS).map_err(corrupt)?;
+        }
+        tx.commit().map_err(corrupt)?;
+        Ok(Vault { db, tenant, dek, mac_key, path: path.to_path_buf(), _lock: lock })
+    }
+
+    /// Opens an existing vault, unwrapping its DEK with `kek`. A KEK of another tenant, or a file of another
+    /// tenant, fails with [`VaultError::Integrity`].
+    pub fn open(path: &Path, tenant: TenantId, kek: &SecretKey) -> Result<Self, VaultError> {
+        if !path.exists() {
+            return Err(VaultError::Missing(path.to_path_buf()));
+        }
+        let lock = acquire_lock(path)?;
+        let db = Database::open(path).map_err(corrupt)?;
+        let (format, wrapped) = {
+            let tx = db.begin_read().map_err(corrupt)?;
+            let meta = tx.open_table(META).map_err(corrupt)?;
+            let format = meta.get(META_FORMAT).map_err(corrupt)?.map(|v| v.value().to_vec());
+            let wrapped = meta.get(META_DEK).map_err(corrupt)?.map(|v| v.value().to_vec());
+            (format, wrapped)
+        };
+        if format.as_deref() != Some(FORMAT_V1) {
+            return Err(VaultError::Integrity("unknown or missing vault format marker".into()));
+        }
+        let wrapped = wrapped.ok_or_else(|| VaultError::Integrity("wrapped data key missing".into()))?;
+        let env: Envelope = postcard::from_bytes(&wrapped)
+            .map_err(|_| VaultError::Integrity("wrapped data key is malformed".into()))?;
+        let mut dek_bytes = open_env(kek, &aad(AAD_DEK, &tenant, "", 0), &env).ok_or_else(|| {
+            VaultError::Integrity("data key does not unwrap: wrong tenant key or altered file".into())
+        })?;
+        let dek = SecretKey::take_from(&mut dek_bytes)
+            .ok_or_else(|| VaultError::Integrity("unwrapped data key has the wrong length".into()))?;
+        let mac_key = derive_mac_key(&dek);
+        Ok(Vault { db, tenant, dek, mac_key, path: path.to_path_buf(), _lock: lock })
+    }
+
+    /// The tenant this vault belongs to.
+    pub fn tenant(&self) -> TenantId {
+        self.tenant
+    }
+
+    /// Stores `value` under `key` (a new version if it exists). Durable when it returns; returns the version.
+    pub fn put(&self, key: &str, value: &[u8]) -> Result<u64, VaultError> {
+        check_key(key)?;
+        if value.len() > MAX_VALUE_LEN {
+            return Err(VaultError::TooLarge { len: value.len(), max: MAX_VALUE_LEN });
+        }
+        let mut tx = self.db.begin_write().map_err(corrupt)?;
+        tx.set_durability(redb::Durability::Immediate);
+        let version;
+        {
+            let mut records = tx.open_table(RECORDS).map_err(corrupt)?;
+            let mut meta = tx.open_table(META).map_err(corrupt)?;
+            let mut digest = read_digest(&meta)?;
+            let old = records.get(key).map_err(corrupt)?.map(|v| v.value().to_vec());
+            let prev_version = match &old {
+                Some(bytes) => {
+                    xor_into(&mut digest, &entry_mac(&self.mac_key, "records", key, bytes));
+                    decode_envelope(bytes)?.version
+                }
+                None => 0,
+            };
+            version = prev_version
+                .checked_add(1)
+                .ok_or_else(|| VaultError::Integrity("record version overflow".into()))?;
+            let mut env = seal(&self.dek, &aad(AAD_RECORD, &self.tenant, key, version), value);
+            env.version = version;
+            let bytes = postcard::to_stdvec(&env).map_err(corrupt)?;
+            xor_into(&mut digest, &entry_mac(&self.mac_key, "records", key, &bytes));
+            records.insert(key, bytes.as_slice()).map_err(corrupt)?;
+            meta.insert(META_DIGEST, digest.as_slice()).map_err(corrupt)?;
+        }
+        tx.commit().map_err(corrupt)?;
+        Ok(version)
+    }
+
+    /// Reads and decrypts the record under `key`.
+    pub fn get(&self, key: &str) -> Result<Zeroizing<Vec<u8>>, VaultError> {
+        check_key(key)?;
+        let tx = self.db.begin_read().map_err(corrupt)?;
+        let records = tx.open_table(RECORDS).map_err(corrupt)?;
+        let bytes = records
+            .get(key)
+            .map_err(corrupt)?
+            .map(|v| v.value().to_vec())
+            .ok_or_else(|| VaultError::NotFound(key.to_string()))?;
+        let env = decode_envelope(&bytes)?;
+        open_env(&self.dek, &aad(AAD_RECORD, &self.tenant, key, env.version), &env).ok_or_else(|| {
+            VaultError::Integrity(format!("record {key:?} does not authenticate (altered, moved or another tenant's)"))
+        })
+    }
+
+    /// Lists every record's key, version and plaintext length, in key order.
+    pub fn list(&self) -> Result<Vec<RecordInfo>, VaultError> {
+        let tx = self.db.begin_read().map_err(corrupt)?;
+        let records = tx.open_table(RECORDS).map_err(corrupt)?;
+        let mut out = Vec::new();
+        for item in records.iter().map_err(corrupt)? {
+            let (k, v) = item.map_err(corrupt)?;
+            let env = decode_envelope(v.value())?;
+            // GCM-SIV adds a 16-byte tag.
+            let len = env.ciphertext.len().saturating_sub(16);
+            out.push(RecordInfo { key: k.value().to_string(), version: env.version, len });
+        }
+        Ok(out)
+    }
+
+    /// Deletes the record under `key`. Durable when it returns.
+    pub fn delete(&self, key: &str) -> Result<(), VaultError> {
+        check_key(key)?;
+        let mut tx = self.db.begin_write().map_err(corrupt)?;
+        tx.set_durability(redb::Durability::Immediate);
+        {
+            let mut records = tx.open_table(RECORDS).map_err(corrupt)?;
+            let mut meta = tx.open_table(META).map_err(corrupt)?;
+            let mut digest = read_digest(&meta)?;
+            let old = records
+                .remove(key)
+                .map_err(corrupt)?
+                .map(|v| v.value().to_vec())
+                .ok_or_else(|| VaultError::NotFound(key.to_string()))?;
+            xor_into(&mut digest, &entry_mac(&self.mac_key, "records", key, &old));
+            meta.insert(META_DIGEST, digest.as_slice()).map_err(corrupt)?;
+        }
+        tx.commit().map_err(corrupt)?;
+        Ok(())
+    }
+
+    /// Stores a tenant secret (e.g. its signing seed) under `name`, encrypted with the DEK and bound to
+    /// the tenant and name. Secrets live in the metadata table and never appear in [`Vault::list`].
+    pub fn put_secret(&self, name: &str, secret: &SecretKey) -> Result<(), VaultError> {
+        check_key(name)?;
+        let slot = format!("secret/{name}");
+        let mut tx = self.db.begin_write().map_err(corrupt)?;
+        tx.set_durability(redb::Durability::Immediate);
+        {
+            let mut meta = tx.open_table(META).map_err(corrupt)?;
+            let mut digest = read_digest(&meta)?;
+            if let Some(old) = meta.get(slot.as_str()).map_err(corrupt)?.map(|v| v.value().to_vec()) {
+                xor_into(&mut digest, &entry_mac(&self.mac_key, "meta", &slot, &old));
+            }
+            let env = seal(&self.dek, &aad(AAD_SECRET, &self.tenant, name, 0), secret.expose_secret());
+            let bytes = postcard::to_stdvec(&env).map_err(corrupt)?;
+            xor_into(&mut digest, &entry_mac(&self.mac_key, "meta", &slot, &bytes));
+            meta.insert(slot.as_str(), bytes.as_slice()).map_err(corrupt)?;
+            meta.insert(META_DIGEST, digest.as_slice()).map_err(corrupt)?;
+        }
+        tx.commit().map_err(corrupt)?;
+        Ok(())
+    }
+
+    /// Reads a secret stored with [`Vault::put_secret`].
+    pub fn get_secret(&self, name: &str) -> Result<SecretKey, VaultError> {
+        check_key(name)?;
+        let slot = format!("secret/{name}");
+        let tx = self.db.begin_read().map_err(corrupt)?;
+        let meta = tx.open_table(META).map_err(corrupt)?;
+        let bytes = meta
+            .get(slot.as_str())
+            .map_err(corrupt)?
+            .map(|v| v.value().to_vec())
+            .ok_or_else(|| VaultError::NotFound(slot.clone()))?;
+        let env = decode_envelope(&bytes)?;
+        let mut plain = open_env(&self.dek, &aad(AAD_SECRET, &self.tenant, name, 0), &env)
+            .ok_or_else(|| VaultError::Integrity(format!("secret {name:?} does not authenticate")))?;
+        SecretKey::take_from(&mut plain).ok_or_else(|| VaultError::Integrity(format!("secret {name:?} has the wrong length")))
+    }
+
+    /// Checks the whole vault: every record and secret authenticates, and the keyed set digest over all
+    /// stored entries matches, so a removed, renamed, duplicated or rolled-in entry is detected.
+    pub fn verify(&self) -> Result<usize, VaultError> {
+        let tx = self.db.begin_read().map_err(corrupt)?;
+        let records = tx.open_table(RECORDS).map_err(corrupt)?;
+        let meta = tx.open_table(META).map_err(corrupt)?;
+        let stored = read_digest(&meta)?;
+        let mut digest = [0u8; 32];
+        let mut n = 0usize;
+        for item in records.iter().map_err(corrupt)? {
+            let (k, v) = item.map_err(corrupt)?;
+            let key = k.value();
+            let env = decode_envelope(v.value())?;
+            open_env(&self.dek, &aad(AAD_RECORD, &self.tenant, key, env.version), &env)
+                .ok_or_else(|| VaultError::Integrity(format!("record {key:?} does not authenticate")))?;
+            xor_into(&mut digest, &entry_mac(&self.mac_key, "records", key, v.value()));
+            n += 1;
+        }
+        for item in meta.iter().map_err(corrupt)? {
+            let (k, v) = item.map_err(corrupt)?;
+            match k.value() {
+                META_DIGEST | META_DEK => {}
+                META_FORMAT => xor_into(&mut digest, &entry_mac(&self.mac_key, "meta", META_FORMAT, v.value())),
+                slot => {
+                    let Some(name) = slot.strip_prefix("secret/") else {
+                        return Err(VaultError::Integrity(format!("unexpected metadata entry {slot:?}")));
+                    };
+                    let env = decode_envelope(v.value())?;
+                    open_env(&self.dek, &aad(AAD_SECRET, &self.tenant, name, 0), &env)
+                        .ok_or_else(|| VaultError::Integrity(format!("secret {name:?} does not authenticate")))?;
+                    xor_into(&mut digest, &entry_mac(&self.mac_key, "meta", slot, v.value()));
+                }
+            }
+        }
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(&digest[..], &stored[..])) {
+            return Err(VaultError::Integrity(
+                "set digest mismatch: entries were removed, renamed or added outside the vault".into(),
+            ));
+        }
+        Ok(n)
+    }
+}
+
+fn read_digest(meta: &impl ReadableTable<&'static str, &'static [u8]>) -> Result<[u8; 32], VaultError> {
+    let v = meta
+        .get(META_DIGEST)
+        .map_err(corrupt)?
+        .ok_or_else(|| VaultError::Integrity("set digest missing".into()))?;
+    <[u8; 32]>::try_from(v.value()).map_err(|_| VaultError::Integrity("set digest has the wrong length".into()))
+}
+
+fn decode_envelope(bytes: &[u8]) -> Result<Envelope, VaultError> {
+    let (env, rest): (Envelope, &[u8]) = postcard::take_from_bytes(bytes)
+        .map_err(|_| VaultError::Integrity("stored record is malformed".into()))?;
+    if !rest.is_empty() {
+        return Err(VaultError::Integrity("stored record has trailing bytes".into()));
+    }
+    Ok(env)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fresh() -> (tempfile::TempDir, PathBuf, TenantId, SecretKey) {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("vault.redb");
+        (dir, p, TenantId::random(), SecretKey::random())
+    }
+
+    #[test]
+    fn put_get_list_delete_round_trip() {
+        let (_d, p, t, kek) = fresh();
+        let v = Vault::create(&p, t, &kek).unwrap();
+        assert_eq!(v.put("k1", b"secret").unwrap(), 1);
+        assert_eq!(v.put("k1", b"secret2").unwrap(), 2);
+        v.put("k2", b"").unwrap();
+        assert_eq!(&**v.get("k1").unwrap(), b"secret2");
+        let l = v.list().unwrap();
+        assert_eq!(l.len(), 2);
+        assert_eq!(l[0], RecordInfo { key: "k1".into(), version: 2, len: 7 });
+        v.delete("k2").unwrap();
+        assert!(matches!(v.get("k2"), Err(VaultError::NotFound(_))));
+        assert!(matches!(v.delete("k2"), Err(VaultError::NotFound(_))));
+        assert_eq!(v.verify().unwrap(), 1);
+        drop(v);
+        let v = Vault::open(&p, t, &kek).unwrap();
+        assert_eq!(&**v.get("k1").unwrap(), b"secret2");
+    }
+
+    #[test]
+    fn bad_input_is_refused_and_loses_nothing() {
+        let (_d, p, t, kek) = fresh();
+        let v = Vault::create(&p, t, &kek).unwrap();
+        v.put("keep", b"x").unwrap();
+        assert!(matches!(v.put("", b"x"), Err(VaultError::BadKey(_))));
+        assert!(matches!(v.put(&"a".repeat(257), b"x"), Err(VaultError::BadKey(_))));
+        assert!(matches!(v.put("a\nb", b"x"), Err(VaultError::BadKey(_))));
+        assert!(matches!(v.put("big", &vec![0u8; MAX_VALUE_LEN + 1]), Err(VaultError::TooLarge { .. })));
+        assert_eq!(&**v.get("keep").unwrap(), b"x");
+        assert_eq!(v.verify().unwrap(), 1);
+    }
+
+    #[test]
+    fn wrong_kek_or_tenant_cannot_open() {
+        let (_d, p, t, kek) = fresh();
+        Vault::create(&p, t, &kek).unwrap().put("k", b"v").unwrap();
+        assert!(matches!(Vault::open(&p, t, &SecretKey::random()), Err(VaultError::Integrity(_))));
+        assert!(matches!(Vault::open(&p, TenantId::random(), &kek), Err(VaultError::Integrity(_))));
+    }
+
+    #[test]
+    fn ciphertext_moved_between_tenants_or_keys_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ta, tb) = (TenantId::random(), TenantId::random());
+        let (ka, kb) = (SecretKey::random(), SecretKey::random());
+        let pa = dir.path().join("a.redb");
+        let pb = dir.path().join("b.redb");
+        let a = Vault::create(&pa, ta, &ka).unwrap();
+        let b = Vault::create(&pb, tb, &kb).unwrap();
+        a.put("k1", b"alpha").unwrap();
+        a.put("k2", b"beta").unwrap();
+        b.put("k1", b"other").unwrap();
+        // Copy A's raw envelope for k1 into B, and A's k1 envelope over A's k2.
+        let raw = |v: &Vault, k: &str| {
+            let tx = v.db.begin_read().unwrap();
+            let t = tx.open_table(RECORDS).unwrap();
+            t.get(k).unwrap().unwrap().value().to_vec()
+        };
+        let put_raw = |v: &Vault, k: &str, bytes: &[u8]| {
+            let tx = v.db.begin_write().unwrap();
+            tx.open_table(RECORDS).unwrap().insert(k, bytes).unwrap();
+            tx.commit().unwrap();
+        };
+        let a_k1 = raw(&a, "k1");
+        put_raw(&b, "k1", &a_k1);
+        assert!(matches!(b.get("k1"), Err(VaultError::Integrity(_))));
+        put_raw(&a, "k2", &a_k1);
+        assert!(matches!(a.get("k2"), Err(VaultError::Integrity(_))));
+        // A whole record dropped in under a fresh key is caught by the set digest.
+        put_raw(&a, "k2", &raw(&a, "k1"));
+        assert!(a.verify().is_err());
+    }
+
+    #[test]
+    fn second_opener_waits_then_reports_busy() {
+        let (_d, p, t, kek) = fresh();
+        let _held = Vault::create(&p, t, &kek).unwrap();
+        // A lock attempt on an already-held lock from the same process on a new fd must fail fast here.
+        let f = OpenOptions::new().write(true).open(lock_path(&p)).unwrap();
+        assert!(matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock)));
+    }
+
+    #[test]
+    fn secrets_round_trip_and_stay_out_of_listing() {
+        let (_d, p, t, kek) = fresh();
+        let v = Vault::create(&p, t, &kek).unwrap();
+        let seed = SecretKey::random();
+        v.put_secret("signing-seed", &seed).unwrap();
+        assert_eq!(v.get_secret("signing-seed").unwrap(), seed);
+        assert!(v.list().unwrap().is_empty());
+        assert_eq!(v.verify().unwrap(), 0);
+    }
+}
