@@ -1,1 +1,37 @@
-//! Placeholder; filled in by its issue.
+//! The first link of Bulwark's trust chain: PCR arithmetic, TCG PC Client event logs, the runtime
+//! measurement stage and hardware profiles.
+//!
+//! # Trust model
+//!
+//! This crate computes and checks; it never talks to a TPM itself. Everything it reads (event logs,
+//! profile files, the runtime's own measurement log) is treated as untrusted input: parsers bound every
+//! length by the bytes that remain and by documented caps, reject trailing data, and report the byte
+//! offset of what was wrong. Nothing here panics on input; `unwrap`/`expect` appear only in tests.
+//!
+//! The only trusted facts are the values a TPM reports. An event log is believed only as far as it
+//! replays to those values; the runtime stage ([`runtime`]) reaches the TPM through the [`runtime::PcrDevice`]
+//! trait, which the appliance implements over its real TPM (and tests over a real swtpm).
+//!
+//! # What this crate must not depend on
+//!
+//! No TPM library (`tss-esapi`, `bulwark-tpm`), no async runtime (`tokio`), no GPU code: the offline
+//! verifier and the image builder link it, and it has to stay small enough to audit. `bulwark-tpm` is a
+//! dev-dependency only, for its swtpm process manager. No `unsafe` (the workspace forbids it here).
+//!
+//! # Modules
+//!
+//! - [`alg`]: the hash algorithms of PCR banks, by TCG algorithm id.
+//! - [`pcr`]: PCR indices, extend arithmetic, a modelled bank of 24 PCRs.
+//! - [`eventlog`]: TCG PC Client event logs (crypto-agile and legacy SHA-1): parse, replay, write, JSON.
+//! - [`runtime`]: measure (or verify) the appliance's executable, config and hardware profile into the
+//!   runtime PCR, once per TPM boot cycle, with a runtime event log that replays to it.
+//! - [`profile`]: hardware profiles (`hw-profiles/*.toml`), loaded and validated.
+
+pub mod alg;
+pub mod eventlog;
+pub mod pcr;
+pub mod profile;
+pub mod runtime;
+
+pub use alg::HashAlg;
+pub use pcr::PcrIndex;
