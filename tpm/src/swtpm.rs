@@ -81,15 +81,13 @@ impl Swtpm {
 
     /// Starts a swtpm on data port `port` (control port `port + 1`).
     pub fn start_on(state_dir: &Path, port: u16) -> Result<Self, SwtpmError> {
-        std::fs::create_dir_all(state_dir).map_err(|source| SwtpmError::StateDir {
-            path: state_dir.to_path_buf(),
-            source,
-        })?;
-        let state_dir = std::fs::canonicalize(state_dir).map_err(|source| SwtpmError::StateDir {
-            path: state_dir.to_path_buf(),
-            source,
-        })?;
-        let ctrl = port.checked_add(1).ok_or_else(|| SwtpmError::NoPorts(io::Error::other("port 65535 has no control port")))?;
+        std::fs::create_dir_all(state_dir)
+            .map_err(|source| SwtpmError::StateDir { path: state_dir.to_path_buf(), source })?;
+        let state_dir = std::fs::canonicalize(state_dir)
+            .map_err(|source| SwtpmError::StateDir { path: state_dir.to_path_buf(), source })?;
+        let ctrl = port
+            .checked_add(1)
+            .ok_or_else(|| SwtpmError::NoPorts(io::Error::other("port 65535 has no control port")))?;
         let child = Command::new("swtpm")
             .arg("socket")
             .arg("--tpm2")
@@ -106,11 +104,7 @@ impl Swtpm {
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| {
-                if e.kind() == io::ErrorKind::NotFound {
-                    SwtpmError::NotInstalled
-                } else {
-                    SwtpmError::Spawn(e)
-                }
+                if e.kind() == io::ErrorKind::NotFound { SwtpmError::NotInstalled } else { SwtpmError::Spawn(e) }
             })?;
         let mut me = Swtpm { child, port, state_dir };
         me.wait_listening()?;

@@ -79,17 +79,19 @@ pub enum TenantCmd {
     List,
     /// Delete a tenant irreversibly: its TPM liveness bit is set first (crypto-shred), then its files go.
     Delete {
+        /// Which tenant.
         #[command(flatten)]
         sel: TenantSel,
     },
     /// Reseal a tenant's KEK to the current measured state after a legitimate change (update of the
-    /// binary, config or profile). Needs the tenant's recovery secret unless the old state still holds.
+    /// binary, config or profile), using the tenant's recovery secret.
     Reseal {
+        /// Which tenant.
         #[command(flatten)]
         sel: TenantSel,
         /// Read the recovery secret from this file (`-` for stdin).
         #[arg(long)]
-        recovery_secret_file: Option<PathBuf>,
+        recovery_secret_file: PathBuf,
     },
 }
 
@@ -98,6 +100,7 @@ pub enum TenantCmd {
 pub enum VaultCmd {
     /// Store stdin under KEY.
     Put {
+        /// Which tenant.
         #[command(flatten)]
         sel: TenantSel,
         /// Record key.
@@ -105,6 +108,7 @@ pub enum VaultCmd {
     },
     /// Print the record under KEY to stdout.
     Get {
+        /// Which tenant.
         #[command(flatten)]
         sel: TenantSel,
         /// Record key.
@@ -112,11 +116,13 @@ pub enum VaultCmd {
     },
     /// List record keys, versions and sizes.
     List {
+        /// Which tenant.
         #[command(flatten)]
         sel: TenantSel,
     },
     /// Delete the record under KEY.
     Delete {
+        /// Which tenant.
         #[command(flatten)]
         sel: TenantSel,
         /// Record key.
@@ -124,6 +130,7 @@ pub enum VaultCmd {
     },
     /// Check every record and the vault's set digest.
     Verify {
+        /// Which tenant.
         #[command(flatten)]
         sel: TenantSel,
     },

@@ -3,7 +3,7 @@
 //! ```text
 //! D/appliance.toml          config (measured into the runtime PCR)
 //! D/profile.toml            the active hardware profile (measured into the runtime PCR)
-//! D/runtime-eventlog.bin    runtime measurement log (replays to the runtime PCR)
+//! D/runtime-measurements.tcglog  runtime measurement log (replays to the runtime PCR)
 //! D/registry.redb           tenant registry: names, liveness slots, nothing secret
 //! D/swtpm/                  state of the managed swtpm (only with --tpm auto and no TPM device)
 //! D/tenants/<id>/kek.sealed the tenant's KEK, sealed by the TPM
@@ -119,10 +119,6 @@ impl DataDir {
     /// `D/profile.toml`.
     pub fn profile_path(&self) -> PathBuf {
         self.root.join("profile.toml")
-    }
-    /// `D/runtime-eventlog.bin`.
-    pub fn runtime_log_path(&self) -> PathBuf {
-        self.root.join("runtime-eventlog.bin")
     }
     /// `D/registry.redb`.
     pub fn registry_path(&self) -> PathBuf {

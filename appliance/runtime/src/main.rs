@@ -1,2 +1,231 @@
-//! Bulwark appliance.
-fn main() {}
+//! `bulwark`: the appliance's command-line entry point.
+
+use std::io::{Read, Write};
+use std::process::ExitCode;
+
+use bulwark_appliance::appliance::{Appliance, RecoverySecret};
+use bulwark_appliance::cli::{BootCmd, Cli, Command, TenantCmd, TpmCmd, VaultCmd};
+use bulwark_appliance::datadir::DataDir;
+use bulwark_appliance::ids::TenantId;
+use bulwark_appliance::vault::MAX_VALUE_LEN;
+use bulwark_appliance::{demo, report};
+use clap::Parser;
+use serde_json::json;
+use zeroize::Zeroizing;
+
+type Fallible = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+fn main() -> ExitCode {
+    report::init_logging();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            report::print_error(&*e);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn tenant_id(s: &str) -> Result<TenantId, Box<dyn std::error::Error + Send + Sync>> {
+    Ok(s.parse::<TenantId>()?)
+}
+
+fn read_stdin_value() -> Result<Zeroizing<Vec<u8>>, Box<dyn std::error::Error + Send + Sync>> {
+    let mut buf = Zeroizing::new(Vec::new());
+    let limit = u64::try_from(MAX_VALUE_LEN).unwrap_or(u64::MAX).saturating_add(1);
+    std::io::stdin().lock().take(limit).read_to_end(&mut buf)?;
+    if buf.len() > MAX_VALUE_LEN {
+        return Err(format!("value on stdin is over the {MAX_VALUE_LEN}-byte limit; nothing was stored").into());
+    }
+    Ok(buf)
+}
+
+fn read_recovery(path: &std::path::Path) -> Result<RecoverySecret, Box<dyn std::error::Error + Send + Sync>> {
+    let mut text = Zeroizing::new(String::new());
+    if path.as_os_str() == "-" {
+        std::io::stdin().lock().take(4096).read_to_string(&mut text)?;
+    } else {
+        std::fs::File::open(path)?.take(4096).read_to_string(&mut text)?;
+    }
+    Ok(RecoverySecret::parse(&text)?)
+}
+
+fn run(cli: Cli) -> Fallible {
+    let json = cli.json;
+    match cli.command {
+        Command::Boot(BootCmd::Eventlog { file }) => {
+            let bytes = std::fs::read(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+            let log = bulwark_boot::eventlog::parse(&bytes)?;
+            let replay = bulwark_boot::eventlog::pcr_values_json(&log.replay()?);
+            if json {
+                println!("{replay}");
+            } else {
+                println!("{}", serde_json::to_string_pretty(&replay)?);
+            }
+            Ok(())
+        }
+        Command::Tpm(TpmCmd::PolicyPcr { bank, pcrs }) => {
+            let digest = report::policy_pcr(&bank, &pcrs)?;
+            if json {
+                println!("{}", json!({ "bank": bank, "policy_digest": hex::encode(digest) }));
+            } else {
+                println!("{}", hex::encode(digest));
+            }
+            Ok(())
+        }
+        Command::Demo => demo::run(&cli.data_dir, &cli.tpm),
+        Command::Init(args) => {
+            let dd = DataDir::new(&cli.data_dir)?;
+            let app = Appliance::init(dd, &cli.tpm, args.profile.as_deref(), args.danger_dev_unbound_executable)?;
+            if json {
+                println!(
+                    "{}",
+                    json!({
+                        "data_dir": app.data_dir().root(),
+                        "profile": app.profile().id(),
+                        "tpm": app.tcti().to_string(),
+                        "runtime_pcr": app.measured().pcr,
+                        "runtime_pcr_value": hex::encode(&app.measured().value),
+                    })
+                );
+            } else {
+                println!(
+                    "initialised {} (profile {}, runtime PCR {} = {})",
+                    app.data_dir().root().display(),
+                    app.profile().id(),
+                    app.measured().pcr,
+                    hex::encode(&app.measured().value)
+                );
+            }
+            Ok(())
+        }
+        Command::Tenant(cmd) => {
+            let mut app = Appliance::open(DataDir::new(&cli.data_dir)?, &cli.tpm)?;
+            tenant_cmd(&mut app, cmd, json)
+        }
+        Command::Vault(cmd) => {
+            let mut app = Appliance::open(DataDir::new(&cli.data_dir)?, &cli.tpm)?;
+            vault_cmd(&mut app, cmd, json)
+        }
+    }
+}
+
+fn tenant_cmd(app: &mut Appliance, cmd: TenantCmd, json: bool) -> Fallible {
+    match cmd {
+        TenantCmd::Create { name } => {
+            let created = app.create_tenant(&name)?;
+            let r = &created.record;
+            let secret = created.recovery.expose_text();
+            if json {
+                println!(
+                    "{}",
+                    json!({
+                        "id": r.id.to_string(),
+                        "name": r.name,
+                        "created_unix": r.created_unix,
+                        "liveness_slot": r.slot.0,
+                        "recovery_secret": secret.as_str(),
+                    })
+                );
+            } else {
+                println!("created tenant {} ({})", r.name, r.id);
+                println!("recovery secret (shown once, store it offline): {}", secret.as_str());
+            }
+            eprintln!("note: the recovery secret is shown only now; store it offline");
+            Ok(())
+        }
+        TenantCmd::List => {
+            let list = app.list_tenants()?;
+            if json {
+                let items: Vec<_> = list
+                    .iter()
+                    .map(|t| json!({"id": t.id.to_string(), "name": t.name, "created_unix": t.created_unix}))
+                    .collect();
+                println!("{}", json!({ "tenants": items }));
+            } else {
+                for t in list {
+                    println!("{}  {}", t.id, t.name);
+                }
+            }
+            Ok(())
+        }
+        TenantCmd::Delete { sel } => {
+            let rec = app.delete_tenant(tenant_id(&sel.tenant)?)?;
+            if json {
+                println!("{}", json!({"deleted": rec.id.to_string(), "name": rec.name}));
+            } else {
+                println!("deleted tenant {} ({}); its key is shredded in the TPM", rec.name, rec.id);
+            }
+            Ok(())
+        }
+        TenantCmd::Reseal { sel, recovery_secret_file } => {
+            let id = tenant_id(&sel.tenant)?;
+            let secret = read_recovery(&recovery_secret_file)?;
+            app.reseal(id, &secret)?;
+            if json {
+                println!("{}", json!({"resealed": id.to_string()}));
+            } else {
+                println!("resealed tenant {id} to the current measured state");
+            }
+            Ok(())
+        }
+    }
+}
+
+fn vault_cmd(app: &mut Appliance, cmd: VaultCmd, json: bool) -> Fallible {
+    match cmd {
+        VaultCmd::Put { sel, key } => {
+            let id = tenant_id(&sel.tenant)?;
+            let value = read_stdin_value()?;
+            let t = app.unlock(id)?;
+            let version = t.vault.put(&key, &value)?;
+            if json {
+                println!("{}", json!({"tenant": id.to_string(), "key": key, "version": version}));
+            }
+            Ok(())
+        }
+        VaultCmd::Get { sel, key } => {
+            let id = tenant_id(&sel.tenant)?;
+            let t = app.unlock(id)?;
+            let value = t.vault.get(&key)?;
+            let mut out = std::io::stdout().lock();
+            out.write_all(&value)?;
+            out.flush()?;
+            Ok(())
+        }
+        VaultCmd::List { sel } => {
+            let id = tenant_id(&sel.tenant)?;
+            let t = app.unlock(id)?;
+            let list = t.vault.list()?;
+            if json {
+                println!("{}", json!({"tenant": id.to_string(), "records": list}));
+            } else {
+                for r in list {
+                    println!("{}\tv{}\t{} bytes", r.key, r.version, r.len);
+                }
+            }
+            Ok(())
+        }
+        VaultCmd::Delete { sel, key } => {
+            let id = tenant_id(&sel.tenant)?;
+            let t = app.unlock(id)?;
+            t.vault.delete(&key)?;
+            if json {
+                println!("{}", json!({"tenant": id.to_string(), "deleted": key}));
+            }
+            Ok(())
+        }
+        VaultCmd::Verify { sel } => {
+            let id = tenant_id(&sel.tenant)?;
+            let t = app.unlock(id)?;
+            let n = t.vault.verify()?;
+            if json {
+                println!("{}", json!({"tenant": id.to_string(), "records": n, "ok": true}));
+            } else {
+                println!("vault of {id} verified: {n} records");
+            }
+            Ok(())
+        }
+    }
+}

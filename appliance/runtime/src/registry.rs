@@ -44,22 +44,11 @@ fn store<E: std::error::Error + Send + Sync + 'static>(e: E) -> RegistryError {
     RegistryError::Store(Box::new(e))
 }
 
-/// A tenant's liveness slot in TPM NV: bit `bit` of liveness index number `index`. The tenant is alive
-/// while that bit is clear; deleting it sets the bit, which no one can clear again.
+/// The number of a tenant's liveness slot in TPM NV (`bulwark_tpm::LivenessSlot::from_counter` maps it to
+/// an index and a bit). The tenant is alive while that bit is clear; deleting it sets the bit, which no
+/// one can clear again, so numbers are never reused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SlotNumber(pub u64);
-
-impl SlotNumber {
-    /// The NV liveness index number holding this slot (64 slots per index).
-    pub fn index(self) -> u32 {
-        u32::try_from(self.0 / 64).unwrap_or(u32::MAX)
-    }
-    /// The bit within that index.
-    pub fn bit(self) -> u8 {
-        // The remainder of a division by 64 always fits in a u8.
-        u8::try_from(self.0 % 64).unwrap_or(0)
-    }
-}
 
 /// A tenant as the registry knows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -194,8 +183,6 @@ mod tests {
         r.remove(rec.id).unwrap();
         assert!(matches!(r.get(rec.id), Err(RegistryError::UnknownTenant(_))));
         assert_eq!(r.allocate_slot().unwrap().0, 2);
-        assert_eq!(SlotNumber(130).index(), 2);
-        assert_eq!(SlotNumber(130).bit(), 2);
     }
 
     #[test]

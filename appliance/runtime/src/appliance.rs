@@ -1,0 +1,412 @@
+//! The appliance: provisioning, the runtime measurement gate, and the tenant lifecycle
+//! (create, list, unlock, delete, reseal).
+//!
+//! **Architecture Invariant:** nothing is unsealed before the runtime measurement stage has passed in
+//! [`Appliance::open`]; an [`Appliance`] value cannot exist otherwise.
+//!
+//! **Architecture Invariant:** [`Appliance::unlock`] unseals exactly the tenant it is given, by immutable id,
+//! and no other; the KEK never leaves this module except inside the returned tenant's vault.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bulwark_boot::profile::HwProfile;
+use bulwark_tpm::{LivenessSlot, PcrIndex, SealPolicy, SealedObject, TpmError, UnsealAuth};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use crate::datadir::{ApplianceConfig, DataDir, DataDirError, LAYOUT_VERSION, write_durable};
+use crate::ids::TenantId;
+use crate::machine::{Machine, MachineError};
+use crate::measure::{self, MeasureError};
+use crate::registry::{Registry, RegistryError, SlotNumber, TenantRecord};
+use crate::secret::SecretKey;
+use crate::vault::{Vault, VaultError};
+
+/// What can go wrong running the appliance.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplianceError {
+    /// The data dir is missing, uninitialised or invalid.
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    /// The TPM could not be reached or opened.
+    #[error(transparent)]
+    Machine(#[from] MachineError),
+    /// The runtime measurement stage failed: nothing may be unsealed.
+    #[error(transparent)]
+    Measure(#[from] MeasureError),
+    /// The hardware profile is unknown or invalid.
+    #[error("hardware profile: {0}")]
+    Profile(String),
+    /// The registry failed.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// The tenant's vault failed.
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    /// The machine's measured state is not the one this tenant's KEK was sealed to.
+    #[error(
+        "measured state changed: tenant {tenant}'s key is sealed to a different machine state ({detail}); \
+         if the change was legitimate, run `bulwark tenant reseal --tenant {tenant} --recovery-secret-file F`"
+    )]
+    MeasuredStateChanged {
+        /// The tenant.
+        tenant: TenantId,
+        /// What the TPM layer could tell about the change.
+        detail: String,
+    },
+    /// The tenant was deleted (its liveness bit is set) and can never be unsealed again.
+    #[error("tenant {0} was deleted: its key is shredded in the TPM and cannot be unsealed")]
+    Shredded(TenantId),
+    /// The recovery secret is wrong.
+    #[error("the recovery secret does not match tenant {0}")]
+    WrongRecoverySecret(TenantId),
+    /// The recovery secret text is malformed.
+    #[error("a recovery secret is 64 hex digits (dashes and spaces are ignored)")]
+    BadRecoverySecret,
+    /// The tenant's sealed KEK is damaged or not a sealed object of this TPM.
+    #[error("tenant {tenant}'s sealed key {path} is corrupt or was not sealed by this TPM")]
+    SealedCorrupt {
+        /// The tenant.
+        tenant: TenantId,
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The appliance has used every TPM liveness slot it can address.
+    #[error("no TPM liveness slot left for a new tenant (slot counter at {0})")]
+    SlotsExhausted(u64),
+    /// Any other TPM failure.
+    #[error(transparent)]
+    Tpm(#[from] TpmError),
+    /// Filesystem error.
+    #[error("I/O on {path}")]
+    Io {
+        /// The file or directory.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A tenant's recovery secret: 32 random bytes, shown once at creation as 64 hex digits in groups.
+pub struct RecoverySecret(SecretKey);
+
+impl RecoverySecret {
+    fn random() -> Self {
+        RecoverySecret(SecretKey::random())
+    }
+
+    /// Parses the text form (64 hex digits; dashes and whitespace ignored). The input is not kept.
+    pub fn parse(text: &str) -> Result<Self, ApplianceError> {
+        let mut digits: Zeroizing<String> =
+            Zeroizing::new(text.chars().filter(|c| !c.is_whitespace() && *c != '-').collect());
+        digits.make_ascii_lowercase();
+        let mut raw = Zeroizing::new([0u8; 32]);
+        if digits.len() != 64 || hex::decode_to_slice(digits.as_bytes(), &mut raw[..]).is_err() {
+            return Err(ApplianceError::BadRecoverySecret);
+        }
+        SecretKey::take_from(&mut raw[..]).map(RecoverySecret).ok_or(ApplianceError::BadRecoverySecret)
+    }
+
+    /// The text form, for showing once to the tenant admin.
+    pub fn expose_text(&self) -> Zeroizing<String> {
+        let h = Zeroizing::new(hex::encode(self.0.expose_secret()));
+        let groups: Vec<&str> = h.as_bytes().chunks(8).map(|c| std::str::from_utf8(c).unwrap_or("")).collect();
+        Zeroizing::new(groups.join("-"))
+    }
+
+    /// The TPM authValue of the recovery branch: SHA-256 over a label, the tenant id and the secret.
+    fn auth_value(&self, tenant: TenantId) -> Zeroizing<[u8; 32]> {
+        let mut h = Sha256::new();
+        h.update(b"bulwark/recovery-auth/v1\0");
+        h.update(tenant.as_bytes());
+        h.update(self.0.expose_secret());
+        Zeroizing::new(h.finalize().into())
+    }
+}
+
+impl std::fmt::Debug for RecoverySecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RecoverySecret([REDACTED])")
+    }
+}
+
+/// A freshly created tenant, with its one-time recovery secret.
+#[derive(Debug)]
+pub struct CreatedTenant {
+    /// The registry record.
+    pub record: TenantRecord,
+    /// Shown once; Bulwark keeps only its hash inside the TPM object.
+    pub recovery: RecoverySecret,
+}
+
+/// A tenant whose KEK was unsealed: its open vault. Dropping it zeroizes the keys.
+#[derive(Debug)]
+pub struct UnlockedTenant {
+    /// The tenant.
+    pub record: TenantRecord,
+    /// Its vault, open with its DEK.
+    pub vault: Vault,
+}
+
+/// A measured, provisioned appliance with its TPM open.
+#[derive(Debug)]
+pub struct Appliance {
+    dd: DataDir,
+    profile: HwProfile,
+    machine: Machine,
+    registry: Registry,
+    measured: measure::Measured,
+}
+
+fn liveness_of(slot: SlotNumber) -> Result<LivenessSlot, ApplianceError> {
+    u32::try_from(slot.0)
+        .ok()
+        .and_then(LivenessSlot::from_counter)
+        .ok_or(ApplianceError::SlotsExhausted(slot.0))
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> ApplianceError + '_ {
+    move |source| ApplianceError::Io { path: path.display().to_string(), source }
+}
+
+/// Resolves a profile choice: an embedded id, or a path to a profile file.
+pub fn resolve_profile(choice: &str) -> Result<(HwProfile, Vec<u8>), ApplianceError> {
+    let bytes = match bulwark_boot::profile::embedded(choice) {
+        Some(text) => text.as_bytes().to_vec(),
+        None => std::fs::read(choice)
+            .map_err(|e| ApplianceError::Profile(format!("{choice:?} is neither an embedded profile nor a readable file: {e}")))?,
+    };
+    let profile = HwProfile::from_bytes(&bytes).map_err(|e| ApplianceError::Profile(e.to_string()))?;
+    Ok((profile, bytes))
+}
+
+impl Appliance {
+    /// Provisions data dir `dd`: writes config and profile, creates the SRK, measures the runtime.
+    pub fn init(
+        dd: DataDir,
+        tpm_choice: &str,
+        profile_choice: Option<&str>,
+        danger_dev_unbound_executable: bool,
+    ) -> Result<Self, ApplianceError> {
+        if dd.is_initialised() {
+            return Err(DataDirError::AlreadyInitialised(dd.root().to_path_buf()).into());
+        }
+        let default = if tpm_choice.starts_with("device:")
+            || (tpm_choice == "auto" && std::path::Path::new(crate::machine::TPM_DEVICE).exists())
+        {
+            "generic-x86-tpm2"
+        } else {
+            "dev-swtpm"
+        };
+        let (profile, bytes) = resolve_profile(profile_choice.unwrap_or(default))?;
+        let config = ApplianceConfig {
+            layout_version: LAYOUT_VERSION,
+            profile: profile.id().to_string(),
+            danger_dev_unbound_executable,
+        };
+        dd.initialise(&config, &bytes)?;
+        let me = Self::open(dd, tpm_choice)?;
+        me.machine.tpm.ensure_srk()?;
+        Ok(me)
+    }
+
+    /// Opens a provisioned appliance: loads config and profile, opens the TPM and runs the runtime
+    /// measurement stage (first run in a TPM boot cycle measures, later runs verify).
+    pub fn open(dd: DataDir, tpm_choice: &str) -> Result<Self, ApplianceError> {
+        let (config_bytes, config) = dd.load_config()?;
+        let profile_bytes = dd.load_profile_bytes()?;
+        let profile = HwProfile::from_bytes(&profile_bytes).map_err(|e| ApplianceError::Profile(e.to_string()))?;
+        if profile.id() != config.profile {
+            return Err(ApplianceError::Profile(format!(
+                "config names profile {:?} but profile.toml is {:?}",
+                config.profile,
+                profile.id()
+            )));
+        }
+        if config.danger_dev_unbound_executable {
+            tracing::warn!("DEVELOPMENT MODE: tenants are not bound to this executable's bytes");
+        }
+        let mut machine = Machine::open(tpm_choice, &dd)?;
+        let measured = measure::run_stage(&mut machine, &dd, &profile, &config, &config_bytes)?;
+        let registry = Registry::open(&dd.registry_path())?;
+        Ok(Appliance { dd, profile, machine, registry, measured })
+    }
+
+    /// The active hardware profile.
+    pub fn profile(&self) -> &HwProfile {
+        &self.profile
+    }
+
+    /// The data dir.
+    pub fn data_dir(&self) -> &DataDir {
+        &self.dd
+    }
+
+    /// The runtime PCR value after this process' measurement stage.
+    pub fn measured(&self) -> &measure::Measured {
+        &self.measured
+    }
+
+    /// The machine (TPM) this appliance runs on.
+    pub fn machine_mut(&mut self) -> &mut Machine {
+        &mut self.machine
+    }
+
+    /// The TPM in use.
+    pub fn tcti(&self) -> &bulwark_tpm::TctiSpec {
+        self.machine.tcti()
+    }
+
+    /// The seal policy for a tenant in `slot`: the profile's bound PCRs at their current values, and the
+    /// slot's liveness bit.
+    fn seal_policy(&mut self, slot: SlotNumber) -> Result<SealPolicy, ApplianceError> {
+        let liveness = liveness_of(slot)?;
+        self.machine.tpm.liveness_ensure_index(liveness.index_no())?;
+        let bank = crate::measure::tpm_bank(self.profile.seal_bank());
+        let pcrs = self
+            .profile
+            .bound_pcrs()
+            .iter()
+            .map(|p| PcrIndex::new(p.get()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(TpmError::from)?;
+        let values = self.machine.tpm.pcr_read(bank, &pcrs)?;
+        Ok(SealPolicy::new(values, liveness))
+    }
+
+    /// Creates a tenant: random KEK sealed to the current measured state and a fresh liveness slot, an
+    /// empty vault whose DEK the KEK wraps, and a one-time recovery secret.
+    pub fn create_tenant(&mut self, name: &str) -> Result<CreatedTenant, ApplianceError> {
+        crate::registry::check_name(name)?;
+        if self.registry.list()?.iter().any(|t| t.name == name) {
+            return Err(RegistryError::NameTaken(name.to_string()).into());
+        }
+        let id = TenantId::random();
+        let slot = self.registry.allocate_slot()?;
+        let policy = self.seal_policy(slot)?;
+        let kek = SecretKey::random();
+        let recovery = RecoverySecret::random();
+        let sealed = self.machine.tpm.seal(kek.expose_secret(), &policy, &recovery.auth_value(id)[..])?;
+        let dir = self.dd.tenant_dir(&id);
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let sealed_path = dir.join("kek.sealed");
+        write_durable(&sealed_path, &sealed.to_bytes()).map_err(io(&sealed_path))?;
+        Vault::create(&dir.join("vault.redb"), id, &kek)?;
+        let record = TenantRecord { id, name: name.to_string(), created_unix: now_unix(), slot };
+        // The registry entry comes last: a crash before it leaves an orphan dir, never a listed tenant
+        // without a sealed key.
+        self.registry.insert(&record)?;
+        Ok(CreatedTenant { record, recovery })
+    }
+
+    /// Every tenant (no unsealing).
+    pub fn list_tenants(&self) -> Result<Vec<TenantRecord>, ApplianceError> {
+        Ok(self.registry.list()?)
+    }
+
+    fn load_sealed(&self, id: TenantId) -> Result<SealedObject, ApplianceError> {
+        let path = self.dd.tenant_dir(&id).join("kek.sealed");
+        let bytes = std::fs::read(&path).map_err(io(&path))?;
+        SealedObject::from_bytes(&bytes).map_err(|source| ApplianceError::SealedCorrupt {
+            tenant: id,
+            path: path.display().to_string(),
+            source: Box::new(source),
+        })
+    }
+
+    fn unseal_kek(&mut self, id: TenantId, auth: UnsealAuth<'_>) -> Result<SecretKey, ApplianceError> {
+        let sealed = self.load_sealed(id)?;
+        let secret = self.machine.tpm.unseal(&sealed, auth).map_err(|e| self.classify(id, e))?;
+        let mut bytes = Zeroizing::new(secret.expose_secret().to_vec());
+        SecretKey::take_from(&mut bytes[..]).ok_or_else(|| ApplianceError::SealedCorrupt {
+            tenant: id,
+            path: "kek.sealed".into(),
+            source: "the unsealed key is not 32 bytes".into(),
+        })
+    }
+
+    fn classify(&self, id: TenantId, e: TpmError) -> ApplianceError {
+        match e {
+            TpmError::MeasuredStateChanged { .. } => {
+                ApplianceError::MeasuredStateChanged { tenant: id, detail: e.to_string() }
+            }
+            TpmError::TenantShredded { .. } => ApplianceError::Shredded(id),
+            TpmError::WrongRecoverySecret => ApplianceError::WrongRecoverySecret(id),
+            TpmError::ObjectCorrupt { .. } => ApplianceError::SealedCorrupt {
+                tenant: id,
+                path: self.dd.tenant_dir(&id).join("kek.sealed").display().to_string(),
+                source: Box::new(e),
+            },
+            other => ApplianceError::Tpm(other),
+        }
+    }
+
+    /// Unseals tenant `id`'s KEK — that tenant's and no other — and opens its vault.
+    pub fn unlock(&mut self, id: TenantId) -> Result<UnlockedTenant, ApplianceError> {
+        let record = self.registry.get(id)?;
+        let kek = self.unseal_kek(id, UnsealAuth::MeasuredState)?;
+        let vault = Vault::open(&self.dd.tenant_dir(&id).join("vault.redb"), id, &kek)?;
+        Ok(UnlockedTenant { record, vault })
+    }
+
+    /// Deletes tenant `id` irreversibly: sets its TPM liveness bit first (after which no copy of its sealed
+    /// key can ever unseal), then removes its files and registry entry.
+    pub fn delete_tenant(&mut self, id: TenantId) -> Result<TenantRecord, ApplianceError> {
+        let record = self.registry.get(id)?;
+        self.machine.tpm.liveness_kill(liveness_of(record.slot)?)?;
+        let dir = self.dd.tenant_dir(&id);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
+        }
+        self.registry.remove(id)?;
+        Ok(record)
+    }
+
+    /// Reseals tenant `id`'s KEK to the current measured state. Without a recovery secret the old measured
+    /// state must still unseal (useful before a planned change); with one, the recovery branch is used.
+    /// The recovery secret stays the same.
+    pub fn reseal(&mut self, id: TenantId, recovery: &RecoverySecret) -> Result<(), ApplianceError> {
+        let record = self.registry.get(id)?;
+        let auth = recovery.auth_value(id);
+        let kek = self.unseal_kek(id, UnsealAuth::Recovery(&auth[..]))?;
+        let policy = self.seal_policy(record.slot)?;
+        let sealed = self.machine.tpm.seal(kek.expose_secret(), &policy, &auth[..])?;
+        let path = self.dd.tenant_dir(&id).join("kek.sealed");
+        write_durable(&path, &sealed.to_bytes()).map_err(io(&path))?;
+        Ok(())
+    }
+
+    /// A fresh random nonce (used by the walkthrough to make a distinct extend).
+    pub fn random_digest() -> [u8; 32] {
+        let mut b = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut b);
+        b
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recovery_secret_text_round_trips_and_debug_is_redacted() {
+        let r = RecoverySecret::random();
+        let text = r.expose_text();
+        assert_eq!(text.len(), 64 + 7);
+        let back = RecoverySecret::parse(&text.to_uppercase()).unwrap();
+        let t = TenantId::random();
+        assert_eq!(*back.auth_value(t), *r.auth_value(t));
+        assert!(!format!("{r:?}").contains(&text[..8]));
+        assert!(RecoverySecret::parse("abc").is_err());
+        assert!(RecoverySecret::parse(&"z".repeat(64)).is_err());
+    }
+}

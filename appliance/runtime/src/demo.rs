@@ -1,0 +1,99 @@
+//! The scripted walkthrough `bulwark demo`: the appliance's main job until the TLS API exists.
+//!
+//! On a fresh data dir under `--data-dir`: provision, create two tenants, store data in each, unlock one
+//! while the other stays sealed, then change the measured state and show the unlock refused — and that
+//! after a clean restart the other tenant's data is untouched.
+
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::appliance::{Appliance, ApplianceError};
+use crate::datadir::DataDir;
+
+type Fallible = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+fn step(n: u32, text: &str) {
+    println!("\n[{n}] {text}");
+}
+
+/// Runs the walkthrough in a new directory `demo-<unix time>` under `parent`.
+pub fn run(parent: &Path, tpm_choice: &str) -> Fallible {
+    let stamp = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let root = parent.join(format!("demo-{stamp}"));
+    println!("Bulwark walkthrough in {}", root.display());
+
+    step(1, "Provision the appliance: choose the hardware profile, create the TPM storage root key, measure the runtime.");
+    let dd = DataDir::new(&root)?;
+    let mut app = Appliance::init(dd.clone(), tpm_choice, None, false)?;
+    let managed = app.machine_mut().is_managed_swtpm();
+    println!(
+        "    TPM: {}{}; profile {}; runtime PCR {} = {}",
+        app.tcti(),
+        if managed { " (a swtpm this appliance started for its data dir)" } else { "" },
+        app.profile().id(),
+        app.measured().pcr,
+        hex::encode(&app.measured().value)
+    );
+
+    step(2, "Create two tenants, each with its own random KEK sealed by the TPM to this measured state.");
+    let legal = app.create_tenant("legal")?;
+    let trading = app.create_tenant("trading")?;
+    println!("    legal   = {}", legal.record.id);
+    println!("    trading = {}", trading.record.id);
+    println!("    (each got a one-time recovery secret; the walkthrough does not print them)");
+
+    step(3, "Store data in each tenant's vault (only that tenant's KEK is unsealed for each write).");
+    {
+        let t = app.unlock(legal.record.id)?;
+        t.vault.put("contract-2026-001", b"Indemnity capped at EUR 2M; governed by Irish law.")?;
+        println!("    legal:   stored contract-2026-001");
+    }
+    {
+        let t = app.unlock(trading.record.id)?;
+        t.vault.put("limit/desk-7", b"Intraday VaR limit 1.2M")?;
+        println!("    trading: stored limit/desk-7");
+    }
+
+    step(4, "Unlock legal alone; trading stays sealed (its KEK is never unsealed in this step).");
+    {
+        let t = app.unlock(legal.record.id)?;
+        let v = t.vault.get("contract-2026-001")?;
+        println!("    legal reads contract-2026-001: {:?}", String::from_utf8_lossy(&v));
+        let raw = std::fs::read(dd.tenant_dir(&trading.record.id).join("vault.redb"))?;
+        let leaked = raw.windows(b"VaR".len()).any(|w| w == b"VaR");
+        println!("    trading's vault file on disk contains its plaintext: {leaked}");
+    }
+
+    if !managed {
+        println!(
+            "\n[5] Skipped: changing the measured state on a hardware TPM leaves its runtime PCR unusable until the \
+             next reboot. Run the walkthrough with --tpm auto on a machine without /dev/tpmrm0 to see it."
+        );
+        println!("\nWalkthrough complete.");
+        return Ok(());
+    }
+
+    step(5, "Change the measured state: extend the runtime PCR, as a tampered binary or config would.");
+    let pcr = app.profile().runtime_pcr();
+    let bank = crate::measure::tpm_bank(app.profile().seal_bank());
+    let nonce = Appliance::random_digest();
+    let digest = bulwark_tpm::hash_for_bank(bank, &nonce);
+    app.machine_mut().tpm.pcr_extend(crate::measure::tpm_pcr(pcr)?, &[(bank, digest.as_slice())])?;
+    println!("    extended PCR {pcr} with a random digest");
+    match app.unlock(legal.record.id) {
+        Err(e @ ApplianceError::MeasuredStateChanged { .. }) => println!("    unlock legal refused, as it must be:\n      {e}"),
+        Err(e) => return Err(format!("unlock failed, but not for the expected reason: {e}").into()),
+        Ok(_) => return Err("unlock succeeded after the measured state changed: the seal does not hold".into()),
+    }
+
+    step(6, "Restart cleanly (the swtpm power-cycles, the runtime measures itself again): trading's data is untouched.");
+    drop(app);
+    let mut app = Appliance::open(dd, tpm_choice)?;
+    let t = app.unlock(trading.record.id)?;
+    let v = t.vault.get("limit/desk-7")?;
+    println!("    trading reads limit/desk-7: {:?}", String::from_utf8_lossy(&v));
+    println!("    vault verified: {} record(s)", t.vault.verify()?);
+
+    println!("\nWalkthrough complete. Data dir left for inspection: {}", root.display());
+    Ok(())
+}

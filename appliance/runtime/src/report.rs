@@ -1,0 +1,61 @@
+//! How the CLI talks to people: one logging setup, and errors printed once with their causes.
+
+use std::error::Error;
+
+/// Logs go to stderr, at `warn` unless `BULWARK_LOG` says otherwise (e.g. `BULWARK_LOG=info`). Nothing a
+/// tenant sends and no secret is ever a log field.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BULWARK_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    // A second init (tests) is harmless: the first subscriber stays.
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// Prints `error: …` and then each cause on its own line, once.
+pub fn print_error(e: &(dyn Error + 'static)) {
+    eprintln!("error: {e}");
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        eprintln!("  caused by: {c}");
+        cause = c.source();
+    }
+}
+
+/// What can go wrong parsing `bulwark tpm policy-pcr` arguments.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyArgError {
+    /// `--pcr` is not `INDEX=HEX`.
+    #[error("--pcr {0:?} is not INDEX=HEX")]
+    Shape(String),
+    /// The index is not a PCR number.
+    #[error("PCR index {0:?} is not a number from 0 to 23")]
+    Index(String),
+    /// The value is not hex.
+    #[error("PCR {0} value is not hex")]
+    Hex(u8),
+    /// The bank is unknown.
+    #[error("unknown PCR bank {0:?}: use sha1, sha256 or sha384")]
+    Bank(String),
+    /// The same PCR twice.
+    #[error("PCR {0} given twice")]
+    Duplicate(u8),
+    /// The policy layer refused the values (e.g. wrong length for the bank).
+    #[error(transparent)]
+    Policy(#[from] bulwark_tpm::PolicyError),
+}
+
+/// Computes the PolicyPCR digest for `bulwark tpm policy-pcr`.
+pub fn policy_pcr(bank: &str, pcrs: &[String]) -> Result<Vec<u8>, PolicyArgError> {
+    let bank: bulwark_tpm::PcrBank = bank.parse().map_err(|_| PolicyArgError::Bank(bank.to_string()))?;
+    let mut values: Vec<(u8, Vec<u8>)> = Vec::new();
+    for p in pcrs {
+        let (i, v) = p.split_once('=').ok_or_else(|| PolicyArgError::Shape(p.clone()))?;
+        let idx: u8 = i.trim().parse().ok().filter(|n| *n < 24).ok_or_else(|| PolicyArgError::Index(i.to_string()))?;
+        if values.iter().any(|(j, _)| *j == idx) {
+            return Err(PolicyArgError::Duplicate(idx));
+        }
+        let value = hex::decode(v.trim()).map_err(|_| PolicyArgError::Hex(idx))?;
+        values.push((idx, value));
+    }
+    Ok(bulwark_tpm::policy::policy_pcr_digest(bank, &values)?.to_vec())
+}

@@ -1,0 +1,195 @@
+//! Which TPM to talk to: a kernel device or a swtpm on TCP.
+//!
+//! Two spellings are accepted, the same ones tpm2-tools takes in `TPM2TOOLS_TCTI`:
+//! `device:/dev/tpmrm0` (an absolute device path) and `swtpm:host=H,port=P` (keys in either order).
+//! swtpm is reached over TCP only: tss-esapi 7.7 ignores `swtpm:path=`, so a Unix socket is not offered.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+/// Why a TCTI string was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TctiParseError {
+    /// Neither `device:` nor `swtpm:`.
+    #[error("unknown TPM interface {0:?}: use device:/dev/tpmrm0 or swtpm:host=127.0.0.1,port=2321")]
+    UnknownKind(String),
+    /// `device:` without an absolute path.
+    #[error("device TPM path {0:?} must be absolute, e.g. device:/dev/tpmrm0")]
+    DevicePath(String),
+    /// A `swtpm:` option that is not `host=` or `port=`, or is given twice.
+    #[error("bad swtpm option {0:?}: only host=H and port=P are accepted, once each")]
+    SwtpmOption(String),
+    /// `swtpm:` without a host or port.
+    #[error("swtpm needs both host= and port=, e.g. swtpm:host=127.0.0.1,port=2321")]
+    SwtpmMissing,
+    /// A host that is not a plain host name or IP address.
+    #[error("swtpm host {0:?} is not a host name or IP address")]
+    SwtpmHost(String),
+    /// A port that is not 1..=65534 (the control port is port + 1).
+    #[error("swtpm port {0:?} must be a number from 1 to 65534 (the control port is port + 1)")]
+    SwtpmPort(String),
+}
+
+/// A TPM endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum TctiSpec {
+    /// A kernel TPM character device, normally the resource-managed `/dev/tpmrm0`.
+    Device {
+        /// Absolute device path.
+        path: PathBuf,
+    },
+    /// A swtpm listening on TCP (`--server type=tcp`), control channel on `port + 1`.
+    Swtpm {
+        /// Host name or IP address.
+        host: String,
+        /// Data port.
+        port: u16,
+    },
+}
+
+impl TctiSpec {
+    /// The kernel resource manager device, the production default.
+    pub fn default_device() -> Self {
+        TctiSpec::Device { path: PathBuf::from("/dev/tpmrm0") }
+    }
+
+    /// A swtpm on loopback.
+    pub fn swtpm_local(port: u16) -> Self {
+        TctiSpec::Swtpm { host: "127.0.0.1".into(), port }
+    }
+
+    /// Whether this endpoint multiplexes clients itself (the kernel resource manager, `tpmrm*`), so a
+    /// connection may stay open between operations. swtpm serves one connection at a time and `tpm*`
+    /// allows one opener, so those are connected per operation.
+    pub(crate) fn multiplexes(&self) -> bool {
+        match self {
+            TctiSpec::Device { path } => {
+                path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("tpmrm"))
+            }
+            TctiSpec::Swtpm { .. } => false,
+        }
+    }
+
+    /// Whether this is a swtpm on a loopback address (`localhost`, 127.0.0.0/8, `::1`).
+    pub fn is_loopback_swtpm(&self) -> bool {
+        match self {
+            TctiSpec::Swtpm { host, .. } => {
+                host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+            }
+            TctiSpec::Device { .. } => false,
+        }
+    }
+
+    /// What to tell an operator when nothing answers at this endpoint.
+    pub(crate) fn start_hint(&self) -> String {
+        match self {
+            TctiSpec::Device { path } => format!(
+                "check that the TPM is enabled in firmware, that the kernel driver (tpm_tis or tpm_crb) is loaded so {} exists, \
+                 and that this user may open it (usually group tss); or let bulwark manage a software TPM with --tpm auto",
+                path.display()
+            ),
+            TctiSpec::Swtpm { port, .. } => format!(
+                "start one with `swtpm socket --tpm2 --server type=tcp,port={port} --ctrl type=tcp,port={} \
+                 --tpmstate dir=/abs/dir --flags not-need-init,startup-clear &` or let bulwark manage one with --tpm auto",
+                u32::from(*port) + 1
+            ),
+        }
+    }
+}
+
+fn valid_host(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 253
+        && h.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '_'))
+}
+
+impl FromStr for TctiSpec {
+    type Err = TctiParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some(path) = s.strip_prefix("device:") {
+            let p = Path::new(path);
+            if !p.is_absolute() || path.contains(',') {
+                return Err(TctiParseError::DevicePath(path.to_string()));
+            }
+            return Ok(TctiSpec::Device { path: p.to_path_buf() });
+        }
+        if let Some(opts) = s.strip_prefix("swtpm:") {
+            let (mut host, mut port) = (None, None);
+            for kv in opts.split(',') {
+                match kv.split_once('=') {
+                    Some(("host", h)) if host.is_none() => {
+                        if !valid_host(h) {
+                            return Err(TctiParseError::SwtpmHost(h.to_string()));
+                        }
+                        host = Some(h.to_string());
+                    }
+                    Some(("port", p)) if port.is_none() => {
+                        let n: u16 = p
+                            .parse()
+                            .ok()
+                            .filter(|n| (1..u16::MAX).contains(n))
+                            .ok_or_else(|| TctiParseError::SwtpmPort(p.to_string()))?;
+                        port = Some(n);
+                    }
+                    _ => return Err(TctiParseError::SwtpmOption(kv.to_string())),
+                }
+            }
+            return match (host, port) {
+                (Some(host), Some(port)) => Ok(TctiSpec::Swtpm { host, port }),
+                _ => Err(TctiParseError::SwtpmMissing),
+            };
+        }
+        Err(TctiParseError::UnknownKind(s.to_string()))
+    }
+}
+
+impl fmt::Display for TctiSpec {
+    /// The canonical form, also the configuration string handed to the TSS TCTI loader.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TctiSpec::Device { path } => write!(f, "device:{}", path.display()),
+            TctiSpec::Swtpm { host, port } => write!(f, "swtpm:host={host},port={port}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_prints_both_kinds() {
+        let d: TctiSpec = "device:/dev/tpmrm0".parse().unwrap();
+        assert_eq!(d, TctiSpec::default_device());
+        assert_eq!(d.to_string(), "device:/dev/tpmrm0");
+        assert!(d.multiplexes());
+        let s: TctiSpec = "swtpm:port=2321,host=localhost".parse().unwrap();
+        assert_eq!(s.to_string(), "swtpm:host=localhost,port=2321");
+        assert!(!s.multiplexes());
+        assert!(!"device:/dev/tpm0".parse::<TctiSpec>().unwrap().multiplexes());
+        assert!(s.is_loopback_swtpm() && TctiSpec::swtpm_local(1).is_loopback_swtpm());
+        assert!(!"swtpm:host=10.0.0.5,port=2321".parse::<TctiSpec>().unwrap().is_loopback_swtpm());
+        assert!(!d.is_loopback_swtpm());
+    }
+
+    #[test]
+    fn rejects_with_clear_errors() {
+        assert_eq!("mssim:".parse::<TctiSpec>(), Err(TctiParseError::UnknownKind("mssim:".into())));
+        assert_eq!("device:tpmrm0".parse::<TctiSpec>(), Err(TctiParseError::DevicePath("tpmrm0".into())));
+        assert_eq!("swtpm:host=a".parse::<TctiSpec>(), Err(TctiParseError::SwtpmMissing));
+        assert_eq!("swtpm:path=/x".parse::<TctiSpec>(), Err(TctiParseError::SwtpmOption("path=/x".into())));
+        assert_eq!("swtpm:host=a,port=1,port=2".parse::<TctiSpec>(), Err(TctiParseError::SwtpmOption("port=2".into())));
+        assert_eq!("swtpm:host=a,port=65535".parse::<TctiSpec>(), Err(TctiParseError::SwtpmPort("65535".into())));
+        assert_eq!("swtpm:host=a b,port=1".parse::<TctiSpec>(), Err(TctiParseError::SwtpmHost("a b".into())));
+        let msg = "nope".parse::<TctiSpec>().unwrap_err().to_string();
+        assert!(msg.contains("device:/dev/tpmrm0"), "{msg}");
+    }
+
+    #[test]
+    fn hint_names_the_port_pair() {
+        let h = TctiSpec::swtpm_local(4000).start_hint();
+        assert!(h.contains("port=4000") && h.contains("port=4001") && h.contains("--tpm auto"), "{h}");
+    }
+}
