@@ -175,16 +175,30 @@ impl Drop for Swtpm {
     }
 }
 
-/// Finds a port `p` such that `p` and `p + 1` are both free on loopback right now.
+/// Finds a port `p` such that `p` and `p + 1` are both free on loopback right now. Asks the kernel first;
+/// when its ephemeral range is exhausted (each swtpm command is a TCP connection, and thousands of them
+/// can sit in TIME_WAIT), scans a range below the ephemeral one from a pseudo-random start.
 fn free_port_pair() -> Result<u16, SwtpmError> {
     let mut last = io::Error::other("no candidate");
     for _ in 0..64 {
-        let a = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(SwtpmError::NoPorts)?;
+        let Ok(a) = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)) else { break };
         let p = a.local_addr().map_err(SwtpmError::NoPorts)?.port();
         let Some(q) = p.checked_add(1) else { continue };
         match TcpListener::bind((Ipv4Addr::LOCALHOST, q)) {
             Ok(_b) => return Ok(p),
             Err(e) => last = e,
+        }
+    }
+    const LOW: u32 = 10_000;
+    const SPAN: u32 = 22_000;
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let start = (nanos ^ std::process::id().rotate_left(16)) % SPAN;
+    for i in 0..SPAN / 2 {
+        let Ok(p) = u16::try_from(LOW + (start + 2 * i) % SPAN) else { continue };
+        let Some(q) = p.checked_add(1) else { continue };
+        match (TcpListener::bind((Ipv4Addr::LOCALHOST, p)), TcpListener::bind((Ipv4Addr::LOCALHOST, q))) {
+            (Ok(_a), Ok(_b)) => return Ok(p),
+            (Err(e), _) | (_, Err(e)) => last = e,
         }
     }
     Err(SwtpmError::NoPorts(last))

@@ -159,7 +159,6 @@ pub struct Appliance {
     dd: DataDir,
     profile: HwProfile,
     machine: Machine,
-    registry: Registry,
     measured: measure::Measured,
 }
 
@@ -213,10 +212,14 @@ impl Appliance {
             profile: profile.id().to_string(),
             danger_dev_unbound_executable,
         };
+        // Reach the TPM and create the SRK before anything is written, so a failed init leaves nothing
+        // behind and can simply be run again.
+        {
+            let machine = Machine::open(tpm_choice, &dd)?;
+            machine.tpm.ensure_srk()?;
+        }
         dd.initialise(&config, &bytes)?;
-        let me = Self::open(dd, tpm_choice)?;
-        me.machine.tpm.ensure_srk()?;
-        Ok(me)
+        Self::open(dd, tpm_choice)
     }
 
     /// Opens a provisioned appliance: loads config and profile, opens the TPM and runs the runtime
@@ -237,8 +240,17 @@ impl Appliance {
         }
         let mut machine = Machine::open(tpm_choice, &dd)?;
         let measured = measure::run_stage(&mut machine, &dd, &profile, &config, &config_bytes)?;
-        let registry = Registry::open(&dd.registry_path())?;
-        Ok(Appliance { dd, profile, machine, registry, measured })
+        Ok(Appliance { dd, profile, machine, measured })
+    }
+
+    /// The registry, read-only: commands that only read never change it.
+    fn registry(&self) -> Result<Registry, ApplianceError> {
+        Ok(Registry::open_read_only(&self.dd.registry_path())?)
+    }
+
+    /// The registry, for a change to the tenant set.
+    fn registry_mut(&self) -> Result<Registry, ApplianceError> {
+        Ok(Registry::open(&self.dd.registry_path())?)
     }
 
     /// The active hardware profile.
@@ -287,11 +299,12 @@ impl Appliance {
     /// empty vault whose DEK the KEK wraps, and a one-time recovery secret.
     pub fn create_tenant(&mut self, name: &str) -> Result<CreatedTenant, ApplianceError> {
         crate::registry::check_name(name)?;
-        if self.registry.list()?.iter().any(|t| t.name == name) {
+        let registry = self.registry_mut()?;
+        if registry.list()?.iter().any(|t| t.name == name) {
             return Err(RegistryError::NameTaken(name.to_string()).into());
         }
         let id = TenantId::random();
-        let slot = self.registry.allocate_slot()?;
+        let slot = registry.allocate_slot()?;
         let policy = self.seal_policy(slot)?;
         let kek = SecretKey::random();
         let recovery = RecoverySecret::random();
@@ -304,13 +317,13 @@ impl Appliance {
         let record = TenantRecord { id, name: name.to_string(), created_unix: now_unix(), slot };
         // The registry entry comes last: a crash before it leaves an orphan dir, never a listed tenant
         // without a sealed key.
-        self.registry.insert(&record)?;
+        registry.insert(&record)?;
         Ok(CreatedTenant { record, recovery })
     }
 
     /// Every tenant (no unsealing).
     pub fn list_tenants(&self) -> Result<Vec<TenantRecord>, ApplianceError> {
-        Ok(self.registry.list()?)
+        Ok(self.registry()?.list()?)
     }
 
     fn load_sealed(&self, id: TenantId) -> Result<SealedObject, ApplianceError> {
@@ -352,7 +365,7 @@ impl Appliance {
 
     /// Unseals tenant `id`'s KEK — that tenant's and no other — and opens its vault.
     pub fn unlock(&mut self, id: TenantId) -> Result<UnlockedTenant, ApplianceError> {
-        let record = self.registry.get(id)?;
+        let record = self.registry()?.get(id)?;
         let kek = self.unseal_kek(id, UnsealAuth::MeasuredState)?;
         let vault = Vault::open(&self.dd.tenant_dir(&id).join("vault.redb"), id, &kek)?;
         Ok(UnlockedTenant { record, vault })
@@ -361,13 +374,14 @@ impl Appliance {
     /// Deletes tenant `id` irreversibly: sets its TPM liveness bit first (after which no copy of its sealed
     /// key can ever unseal), then removes its files and registry entry.
     pub fn delete_tenant(&mut self, id: TenantId) -> Result<TenantRecord, ApplianceError> {
-        let record = self.registry.get(id)?;
+        let registry = self.registry_mut()?;
+        let record = registry.get(id)?;
         self.machine.tpm.liveness_kill(liveness_of(record.slot)?)?;
         let dir = self.dd.tenant_dir(&id);
         if dir.exists() {
             std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
         }
-        self.registry.remove(id)?;
+        registry.remove(id)?;
         Ok(record)
     }
 
@@ -375,7 +389,7 @@ impl Appliance {
     /// state must still unseal (useful before a planned change); with one, the recovery branch is used.
     /// The recovery secret stays the same.
     pub fn reseal(&mut self, id: TenantId, recovery: &RecoverySecret) -> Result<(), ApplianceError> {
-        let record = self.registry.get(id)?;
+        let record = self.registry()?.get(id)?;
         let auth = recovery.auth_value(id);
         let kek = self.unseal_kek(id, UnsealAuth::Recovery(&auth[..]))?;
         let policy = self.seal_policy(record.slot)?;

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use redb::{Database, ReadableTable, TableDefinition};
+use redb::{Database, ReadOnlyDatabase, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use crate::ids::TenantId;
@@ -35,6 +35,9 @@ pub enum RegistryError {
     /// Another process holds the registry.
     #[error("the tenant registry {0} is in use by another bulwark process; try again when it finishes")]
     Busy(PathBuf),
+    /// A write was attempted on a registry opened read-only (a bug in the caller).
+    #[error("the tenant registry was opened read-only")]
+    ReadOnly,
     /// The registry database failed or is corrupt.
     #[error("tenant registry is unreadable or corrupt")]
     Store(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -63,9 +66,16 @@ pub struct TenantRecord {
     pub slot: SlotNumber,
 }
 
-/// The open registry.
+/// The open registry: read-only unless opened for writing, so a command that only reads (every vault
+/// command) never changes the file.
 pub struct Registry {
-    db: Database,
+    db: Store,
+}
+
+enum Store {
+    Missing,
+    ReadOnly(ReadOnlyDatabase),
+    Writable(Database),
 }
 
 impl std::fmt::Debug for Registry {
@@ -83,12 +93,15 @@ pub fn check_name(name: &str) -> Result<(), RegistryError> {
 }
 
 impl Registry {
-    /// Opens (creating if needed) the registry at `path`, waiting up to 30 s for another process.
-    pub fn open(path: &Path) -> Result<Self, RegistryError> {
+    /// Opens the registry at `path` for reading only (a missing file reads as empty).
+    pub fn open_read_only(path: &Path) -> Result<Self, RegistryError> {
+        if !path.exists() {
+            return Ok(Registry { db: Store::Missing });
+        }
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
-            match Database::create(path) {
-                Ok(db) => return Ok(Registry { db }),
+            match ReadOnlyDatabase::open(path) {
+                Ok(db) => return Ok(Registry { db: Store::ReadOnly(db) }),
                 Err(redb::DatabaseError::DatabaseAlreadyOpen) if std::time::Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(10));
                 }
@@ -98,10 +111,41 @@ impl Registry {
         }
     }
 
+    /// Opens (creating if needed) the registry at `path` for writing, waiting up to 30 s for another
+    /// process.
+    pub fn open(path: &Path) -> Result<Self, RegistryError> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match Database::create(path) {
+                Ok(db) => return Ok(Registry { db: Store::Writable(db) }),
+                Err(redb::DatabaseError::DatabaseAlreadyOpen) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(RegistryError::Busy(path.to_path_buf())),
+                Err(e) => return Err(store(e)),
+            }
+        }
+    }
+
+    fn writable(&self) -> Result<&Database, RegistryError> {
+        match &self.db {
+            Store::Writable(db) => Ok(db),
+            _ => Err(RegistryError::ReadOnly),
+        }
+    }
+
+    fn begin_read(&self) -> Result<Option<redb::ReadTransaction>, RegistryError> {
+        match &self.db {
+            Store::Missing => Ok(None),
+            Store::ReadOnly(db) => db.begin_read().map(Some).map_err(store),
+            Store::Writable(db) => db.begin_read().map(Some).map_err(store),
+        }
+    }
+
     /// Reserves the next never-used liveness slot. Slots are never reused: a deleted tenant's bit stays set.
     pub fn allocate_slot(&self) -> Result<SlotNumber, RegistryError> {
-        let mut tx = self.db.begin_write().map_err(store)?;
-        tx.set_durability(redb::Durability::Immediate);
+        let mut tx = self.writable()?.begin_write().map_err(store)?;
+        tx.set_durability(redb::Durability::Immediate).map_err(store)?;
         let slot;
         {
             let mut c = tx.open_table(COUNTERS).map_err(store)?;
@@ -119,15 +163,15 @@ impl Registry {
             return Err(RegistryError::NameTaken(rec.name.clone()));
         }
         let bytes = postcard::to_stdvec(rec).map_err(store)?;
-        let mut tx = self.db.begin_write().map_err(store)?;
-        tx.set_durability(redb::Durability::Immediate);
+        let mut tx = self.writable()?.begin_write().map_err(store)?;
+        tx.set_durability(redb::Durability::Immediate).map_err(store)?;
         tx.open_table(TENANTS).map_err(store)?.insert(rec.id.as_bytes(), bytes.as_slice()).map_err(store)?;
         tx.commit().map_err(store)
     }
 
     /// Looks a tenant up by id.
     pub fn get(&self, id: TenantId) -> Result<TenantRecord, RegistryError> {
-        let tx = self.db.begin_read().map_err(store)?;
+        let Some(tx) = self.begin_read()? else { return Err(RegistryError::UnknownTenant(id)) };
         let t = match tx.open_table(TENANTS) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Err(RegistryError::UnknownTenant(id)),
@@ -139,7 +183,7 @@ impl Registry {
 
     /// Every tenant, ordered by name.
     pub fn list(&self) -> Result<Vec<TenantRecord>, RegistryError> {
-        let tx = self.db.begin_read().map_err(store)?;
+        let Some(tx) = self.begin_read()? else { return Ok(Vec::new()) };
         let t = match tx.open_table(TENANTS) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
@@ -156,8 +200,8 @@ impl Registry {
 
     /// Removes a tenant record.
     pub fn remove(&self, id: TenantId) -> Result<(), RegistryError> {
-        let mut tx = self.db.begin_write().map_err(store)?;
-        tx.set_durability(redb::Durability::Immediate);
+        let mut tx = self.writable()?.begin_write().map_err(store)?;
+        tx.set_durability(redb::Durability::Immediate).map_err(store)?;
         let existed = tx.open_table(TENANTS).map_err(store)?.remove(id.as_bytes()).map_err(store)?.is_some();
         tx.commit().map_err(store)?;
         if existed { Ok(()) } else { Err(RegistryError::UnknownTenant(id)) }

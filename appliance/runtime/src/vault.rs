@@ -19,7 +19,7 @@ use aes_gcm_siv::aead::{Aead, KeyInit, Payload};
 use aes_gcm_siv::{Aes256GcmSiv, Nonce};
 use hmac::{Hmac, Mac};
 use rand::RngCore;
-use redb::{Database, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use zeroize::Zeroizing;
@@ -106,9 +106,28 @@ pub struct RecordInfo {
     pub len: usize,
 }
 
+/// The vault's database, whose drop (redb saves allocator state on close, and has panicked doing so on a
+/// damaged file) is guarded like every other storage call.
+struct GuardedDb(Option<Database>);
+
+impl std::ops::Deref for GuardedDb {
+    type Target = Database;
+    fn deref(&self) -> &Database {
+        // Always Some until drop: the only take() is in Drop.
+        self.0.as_ref().unwrap_or_else(|| unreachable!("vault database used after drop"))
+    }
+}
+
+impl Drop for GuardedDb {
+    fn drop(&mut self) {
+        let db = self.0.take();
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(db)));
+    }
+}
+
 /// An open, unlocked vault.
 pub struct Vault {
-    db: Database,
+    db: GuardedDb,
     tenant: TenantId,
     dek: SecretKey,
     mac_key: SecretKey,
@@ -120,6 +139,13 @@ impl std::fmt::Debug for Vault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Vault").field("tenant", &self.tenant).field("path", &self.path).finish_non_exhaustive()
     }
+}
+
+/// Runs a storage operation, turning a panic inside the storage engine (it has panicked on some corrupt
+/// files) into [`VaultError::Corrupt`], so damage is reported as an error and never as a crash.
+fn guarded<T>(f: impl FnOnce() -> Result<T, VaultError>) -> Result<T, VaultError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .unwrap_or_else(|_| Err(VaultError::Corrupt("the storage engine failed on a damaged vault file".into())))
 }
 
 fn corrupt<E: std::error::Error + Send + Sync + 'static>(e: E) -> VaultError {
@@ -226,8 +252,55 @@ fn derive_mac_key(dek: &SecretKey) -> SecretKey {
 impl Vault {
     /// Creates a new vault file at `path` for `tenant`, with a fresh DEK wrapped by `kek`.
     pub fn create(path: &Path, tenant: TenantId, kek: &SecretKey) -> Result<Self, VaultError> {
+        guarded(|| Self::create_unguarded(path, tenant, kek))
+    }
+
+    /// Opens an existing vault, unwrapping its DEK with `kek`. A KEK of another tenant, or a file of another
+    /// tenant, fails with [`VaultError::Integrity`].
+    pub fn open(path: &Path, tenant: TenantId, kek: &SecretKey) -> Result<Self, VaultError> {
+        guarded(|| Self::open_unguarded(path, tenant, kek))
+    }
+
+    /// Stores `value` under `key` (a new version if it exists). Durable when it returns; returns the version.
+    pub fn put(&self, key: &str, value: &[u8]) -> Result<u64, VaultError> {
+        guarded(|| self.put_unguarded(key, value))
+    }
+
+    /// Reads and decrypts the record under `key`.
+    pub fn get(&self, key: &str) -> Result<Zeroizing<Vec<u8>>, VaultError> {
+        guarded(|| self.get_unguarded(key))
+    }
+
+    /// Lists every record's key, version and plaintext length, in key order.
+    pub fn list(&self) -> Result<Vec<RecordInfo>, VaultError> {
+        guarded(|| self.list_unguarded())
+    }
+
+    /// Deletes the record under `key`. Durable when it returns.
+    pub fn delete(&self, key: &str) -> Result<(), VaultError> {
+        guarded(|| self.delete_unguarded(key))
+    }
+
+    /// Stores a tenant secret (e.g. its signing seed) under `name`, encrypted with the DEK and bound to
+    /// the tenant and name. Secrets live in the metadata table and never appear in [`Vault::list`].
+    pub fn put_secret(&self, name: &str, secret: &SecretKey) -> Result<(), VaultError> {
+        guarded(|| self.put_secret_unguarded(name, secret))
+    }
+
+    /// Reads a secret stored with [`Vault::put_secret`].
+    pub fn get_secret(&self, name: &str) -> Result<SecretKey, VaultError> {
+        guarded(|| self.get_secret_unguarded(name))
+    }
+
+    /// Checks the whole vault: every record and secret authenticates, and the keyed set digest over all
+    /// stored entries matches, so a removed, renamed, duplicated or rolled-in entry is detected.
+    pub fn verify(&self) -> Result<usize, VaultError> {
+        guarded(|| self.verify_unguarded())
+    }
+
+    fn create_unguarded(path: &Path, tenant: TenantId, kek: &SecretKey) -> Result<Self, VaultError> {
         let lock = acquire_lock(path)?;
-        let db = Database::create(path).map_err(corrupt)?;
+        let db = GuardedDb(Some(Database::create(path).map_err(corrupt)?));
         let dek = SecretKey::random();
         let mac_key = derive_mac_key(&dek);
         let mut wrapped = seal(kek, &aad(AAD_DEK, &tenant, "", 0), dek.expose_secret());
@@ -236,7 +309,7 @@ impl Vault {
         let mut digest = [0u8; 32];
         xor_into(&mut digest, &entry_mac(&mac_key, "meta", META_FORMAT, FORMAT_V1));
         let mut tx = db.begin_write().map_err(corrupt)?;
-        tx.set_durability(redb::Durability::Immediate);
+        tx.set_durability(redb::Durability::Immediate).map_err(corrupt)?;
         {
             let mut meta = tx.open_table(META).map_err(corrupt)?;
             meta.insert(META_FORMAT, FORMAT_V1).map_err(corrupt)?;
@@ -248,14 +321,12 @@ impl Vault {
         Ok(Vault { db, tenant, dek, mac_key, path: path.to_path_buf(), _lock: lock })
     }
 
-    /// Opens an existing vault, unwrapping its DEK with `kek`. A KEK of another tenant, or a file of another
-    /// tenant, fails with [`VaultError::Integrity`].
-    pub fn open(path: &Path, tenant: TenantId, kek: &SecretKey) -> Result<Self, VaultError> {
+    fn open_unguarded(path: &Path, tenant: TenantId, kek: &SecretKey) -> Result<Self, VaultError> {
         if !path.exists() {
             return Err(VaultError::Missing(path.to_path_buf()));
         }
         let lock = acquire_lock(path)?;
-        let db = Database::open(path).map_err(corrupt)?;
+        let db = GuardedDb(Some(Database::open(path).map_err(corrupt)?));
         let (format, wrapped) = {
             let tx = db.begin_read().map_err(corrupt)?;
             let meta = tx.open_table(META).map_err(corrupt)?;
@@ -267,8 +338,10 @@ impl Vault {
             return Err(VaultError::Integrity("unknown or missing vault format marker".into()));
         }
         let wrapped = wrapped.ok_or_else(|| VaultError::Integrity("wrapped data key missing".into()))?;
-        let env: Envelope = postcard::from_bytes(&wrapped)
-            .map_err(|_| VaultError::Integrity("wrapped data key is malformed".into()))?;
+        let env = decode_envelope(&wrapped)?;
+        if env.version != 0 {
+            return Err(VaultError::Integrity("wrapped data key has an unknown version".into()));
+        }
         let mut dek_bytes = open_env(kek, &aad(AAD_DEK, &tenant, "", 0), &env).ok_or_else(|| {
             VaultError::Integrity("data key does not unwrap: wrong tenant key or altered file".into())
         })?;
@@ -283,14 +356,13 @@ impl Vault {
         self.tenant
     }
 
-    /// Stores `value` under `key` (a new version if it exists). Durable when it returns; returns the version.
-    pub fn put(&self, key: &str, value: &[u8]) -> Result<u64, VaultError> {
+    fn put_unguarded(&self, key: &str, value: &[u8]) -> Result<u64, VaultError> {
         check_key(key)?;
         if value.len() > MAX_VALUE_LEN {
             return Err(VaultError::TooLarge { len: value.len(), max: MAX_VALUE_LEN });
         }
         let mut tx = self.db.begin_write().map_err(corrupt)?;
-        tx.set_durability(redb::Durability::Immediate);
+        tx.set_durability(redb::Durability::Immediate).map_err(corrupt)?;
         let version;
         {
             let mut records = tx.open_table(RECORDS).map_err(corrupt)?;
@@ -318,8 +390,7 @@ impl Vault {
         Ok(version)
     }
 
-    /// Reads and decrypts the record under `key`.
-    pub fn get(&self, key: &str) -> Result<Zeroizing<Vec<u8>>, VaultError> {
+    fn get_unguarded(&self, key: &str) -> Result<Zeroizing<Vec<u8>>, VaultError> {
         check_key(key)?;
         let tx = self.db.begin_read().map_err(corrupt)?;
         let records = tx.open_table(RECORDS).map_err(corrupt)?;
@@ -334,8 +405,7 @@ impl Vault {
         })
     }
 
-    /// Lists every record's key, version and plaintext length, in key order.
-    pub fn list(&self) -> Result<Vec<RecordInfo>, VaultError> {
+    fn list_unguarded(&self) -> Result<Vec<RecordInfo>, VaultError> {
         let tx = self.db.begin_read().map_err(corrupt)?;
         let records = tx.open_table(RECORDS).map_err(corrupt)?;
         let mut out = Vec::new();
@@ -349,11 +419,10 @@ impl Vault {
         Ok(out)
     }
 
-    /// Deletes the record under `key`. Durable when it returns.
-    pub fn delete(&self, key: &str) -> Result<(), VaultError> {
+    fn delete_unguarded(&self, key: &str) -> Result<(), VaultError> {
         check_key(key)?;
         let mut tx = self.db.begin_write().map_err(corrupt)?;
-        tx.set_durability(redb::Durability::Immediate);
+        tx.set_durability(redb::Durability::Immediate).map_err(corrupt)?;
         {
             let mut records = tx.open_table(RECORDS).map_err(corrupt)?;
             let mut meta = tx.open_table(META).map_err(corrupt)?;
@@ -370,13 +439,11 @@ impl Vault {
         Ok(())
     }
 
-    /// Stores a tenant secret (e.g. its signing seed) under `name`, encrypted with the DEK and bound to
-    /// the tenant and name. Secrets live in the metadata table and never appear in [`Vault::list`].
-    pub fn put_secret(&self, name: &str, secret: &SecretKey) -> Result<(), VaultError> {
+    fn put_secret_unguarded(&self, name: &str, secret: &SecretKey) -> Result<(), VaultError> {
         check_key(name)?;
         let slot = format!("secret/{name}");
         let mut tx = self.db.begin_write().map_err(corrupt)?;
-        tx.set_durability(redb::Durability::Immediate);
+        tx.set_durability(redb::Durability::Immediate).map_err(corrupt)?;
         {
             let mut meta = tx.open_table(META).map_err(corrupt)?;
             let mut digest = read_digest(&meta)?;
@@ -393,8 +460,7 @@ impl Vault {
         Ok(())
     }
 
-    /// Reads a secret stored with [`Vault::put_secret`].
-    pub fn get_secret(&self, name: &str) -> Result<SecretKey, VaultError> {
+    fn get_secret_unguarded(&self, name: &str) -> Result<SecretKey, VaultError> {
         check_key(name)?;
         let slot = format!("secret/{name}");
         let tx = self.db.begin_read().map_err(corrupt)?;
@@ -410,9 +476,7 @@ impl Vault {
         SecretKey::take_from(&mut plain).ok_or_else(|| VaultError::Integrity(format!("secret {name:?} has the wrong length")))
     }
 
-    /// Checks the whole vault: every record and secret authenticates, and the keyed set digest over all
-    /// stored entries matches, so a removed, renamed, duplicated or rolled-in entry is detected.
-    pub fn verify(&self) -> Result<usize, VaultError> {
+    fn verify_unguarded(&self) -> Result<usize, VaultError> {
         let tx = self.db.begin_read().map_err(corrupt)?;
         let records = tx.open_table(RECORDS).map_err(corrupt)?;
         let meta = tx.open_table(META).map_err(corrupt)?;

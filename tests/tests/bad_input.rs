@@ -1,0 +1,207 @@
+//! Bad input gets a clear error on stderr, nothing on stdout, a non-zero exit, and loses nothing.
+
+use bulwark_tests::{Env, TestTpm, bulwark, run_cmd, snapshot};
+
+/// A loopback port with nothing listening on it or on the port after it (swtpm's control port).
+fn closed_port() -> u16 {
+    bulwark_tests::free_port_pairs().next().expect("no free port pair")
+}
+
+#[test]
+fn no_tpm_reachable_says_how_to_start_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = closed_port();
+    let tcti = format!("swtpm:host=127.0.0.1,port={port}");
+    let mut c = bulwark();
+    c.arg("--data-dir").arg(dir.path().join("data")).args(["--tpm", &tcti, "init"]);
+    run_cmd(c, None).fails_with(&["no TPM", &format!("port={port}"), "swtpm socket", "--tpm auto"]);
+
+    // An appliance whose TPM goes away: the same advice, and its data is still there afterwards.
+    let env = Env::new();
+    env.init();
+    let t = env.create_tenant("legal");
+    env.put(&t.id, "k", b"kept");
+    let before = snapshot(&env.data_dir().join("tenants"));
+    let mut c = bulwark();
+    c.arg("--data-dir").arg(env.data_dir()).args(["--tpm", &tcti, "vault", "get", "--tenant", &t.id, "k"]);
+    run_cmd(c, None).fails_with(&["no TPM", "swtpm socket"]);
+    assert_eq!(snapshot(&env.data_dir().join("tenants")), before);
+    env.assert_get(&t.id, "k", b"kept");
+
+    // A --tpm that is not a TPM choice at all.
+    let mut c = bulwark();
+    c.arg("--data-dir").arg(env.data_dir()).args(["--tpm", "tcp:somewhere", "tenant", "list"]);
+    run_cmd(c, None).fails_with(&["invalid --tpm", "swtpm:host="]);
+}
+
+#[test]
+fn init_can_be_retried_after_the_tpm_was_unreachable() {
+    let tpm = TestTpm::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let closed = format!("swtpm:host=127.0.0.1,port={}", closed_port());
+    let mut c = bulwark();
+    c.arg("--data-dir").arg(&data).args(["--tpm", &closed, "init"]);
+    run_cmd(c, None).fails_with(&["no TPM"]);
+    let mut c = bulwark();
+    c.arg("--data-dir").arg(&data).args(["--tpm", &tpm.tcti(), "init"]);
+    run_cmd(c, None).ok();
+}
+
+#[test]
+fn unknown_and_malformed_tenant_ids_are_refused() {
+    let env = Env::new();
+    env.init();
+    let t = env.create_tenant("legal");
+    env.put(&t.id, "k", b"kept");
+    env.get("0123456789abcdef0123456789abcdef", "k").fails_with(&["no tenant 0123456789abcdef0123456789abcdef"]);
+    for bad in ["legal", "0123456789ABCDEF0123456789ABCDEF", "0123456789abcdef0123456789abcde", "../../etc/passwd", ""]
+    {
+        env.get(bad, "k").fails_with(&["not a tenant id"]);
+        env.run(&["tenant", "delete", "--tenant", bad]).fails_with(&["not a tenant id"]);
+    }
+    env.get(&t.id, "missing").fails_with(&["no record \"missing\""]);
+    env.run_stdin(&["vault", "put", "--tenant", &t.id, ""], b"x").fails_with(&["invalid record key"]);
+    env.run_stdin(&["vault", "put", "--tenant", &t.id, "a\nb"], b"x").fails_with(&["invalid record key"]);
+    env.assert_get(&t.id, "k", b"kept");
+
+    // An uninitialised data dir says to run init.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut c = bulwark();
+    c.arg("--data-dir").arg(dir.path()).args(["--tpm", &env.tpm.tcti(), "tenant", "list"]);
+    run_cmd(c, None).fails_with(&["not an initialised", "init"]);
+}
+
+#[test]
+fn oversized_value_is_refused_and_the_old_value_kept() {
+    let env = Env::new();
+    env.init();
+    let t = env.create_tenant("legal");
+    env.put(&t.id, "k", b"the previous value");
+    let max = vec![0x5au8; 1 << 20];
+    env.put(&t.id, "max", &max);
+
+    let over = vec![0xa5u8; (1 << 20) + 1];
+    env.run_stdin(&["vault", "put", "--tenant", &t.id, "k"], &over).fails_with(&["limit", "nothing was stored"]);
+    env.run_stdin(&["vault", "put", "--tenant", &t.id, "max"], &over).fails_with(&["limit"]);
+    env.run_stdin(&["vault", "put", "--tenant", &t.id, "new"], &over).fails_with(&["limit"]);
+
+    env.assert_get(&t.id, "k", b"the previous value");
+    env.assert_get(&t.id, "max", &max);
+    env.get(&t.id, "new").fails_with(&["no record"]);
+    let list = env.run(&["vault", "list", "--tenant", &t.id, "--json"]).ok().json();
+    let versions: Vec<(String, u64)> = list["records"]
+        .as_array()
+        .expect("records")
+        .iter()
+        .map(|r| (r["key"].as_str().expect("key").to_string(), r["version"].as_u64().expect("version")))
+        .collect();
+    assert_eq!(versions, vec![("k".to_string(), 1), ("max".to_string(), 1)]);
+}
+
+#[test]
+fn corrupted_sealed_blob_or_vault_file_is_named() {
+    let env = Env::new();
+    env.init();
+    let t = env.create_tenant("legal");
+    env.put(&t.id, "k", b"kept");
+    let sealed = env.tenant_dir(&t.id).join("kek.sealed");
+    let vault = env.tenant_dir(&t.id).join("vault.redb");
+    let good_sealed = std::fs::read(&sealed).expect("kek.sealed");
+    let good_vault = std::fs::read(&vault).expect("vault.redb");
+
+    let mut flipped_private = good_sealed.clone();
+    let last = flipped_private.len() - 10;
+    flipped_private[last] ^= 0x40;
+    for bad in [
+        &good_sealed[..good_sealed.len() / 2],
+        &b""[..],
+        &flipped_private[..],
+        &[good_sealed.clone(), vec![0]].concat(),
+    ] {
+        std::fs::write(&sealed, bad).expect("write");
+        env.get(&t.id, "k").fails_with(&["kek.sealed", "corrupt"]);
+    }
+    std::fs::remove_file(&sealed).expect("remove");
+    env.get(&t.id, "k").fails_with(&["kek.sealed"]);
+    std::fs::write(&sealed, &good_sealed).expect("restore");
+    env.assert_get(&t.id, "k", b"kept");
+
+    for bad in [&good_vault[..4096], &b"not a database at all"[..]] {
+        std::fs::write(&vault, bad).expect("write");
+        env.get(&t.id, "k").fails_with(&["vault"]);
+    }
+    std::fs::write(&vault, &good_vault).expect("restore");
+    env.assert_get(&t.id, "k", b"kept");
+}
+
+#[test]
+fn init_twice_and_bad_tenant_names_lose_nothing() {
+    let env = Env::new();
+    env.init();
+    let t = env.create_tenant("legal");
+    env.put(&t.id, "k", b"kept");
+    let config = std::fs::read(env.data_dir().join("appliance.toml")).expect("config");
+    let tenants = snapshot(&env.data_dir().join("tenants"));
+
+    env.run(&["init"]).fails_with(&["already initialised"]);
+    env.run(&["init", "--profile", "generic-x86-tpm2"]).fails_with(&["already initialised"]);
+    assert_eq!(std::fs::read(env.data_dir().join("appliance.toml")).expect("config"), config);
+    assert_eq!(snapshot(&env.data_dir().join("tenants")), tenants);
+    env.assert_get(&t.id, "k", b"kept");
+
+    let long = "n".repeat(65);
+    for bad in ["", "a b", "x/y", "../escape", long.as_str(), "é", "tab\tname"] {
+        env.run(&["tenant", "create", bad]).fails_with(&["invalid tenant name"]);
+    }
+    env.run(&["tenant", "create", "legal"]).fails_with(&["exists already"]);
+    let list = env.run(&["tenant", "list", "--json"]).ok().json();
+    assert_eq!(list["tenants"].as_array().map(Vec::len), Some(1), "{list}");
+    assert_eq!(std::fs::read_dir(env.data_dir().join("tenants")).expect("tenants dir").count(), 1);
+    env.assert_get(&t.id, "k", b"kept");
+}
+
+#[test]
+fn data_at_rest_holds_no_plaintext() {
+    let env = Env::new();
+    env.init();
+    let a = env.create_tenant("legal");
+    let b = env.create_tenant("trading");
+    let secrets: Vec<Vec<u8>> = vec![
+        b"Indemnity capped at EUR 2M; governed by Irish law.".to_vec(),
+        b"Intraday VaR limit 1.2M for desk 7".to_vec(),
+        b"patient 4711: allergic to penicillin".to_vec(),
+        (0u8..=255).cycle().take(4096).collect(),
+    ];
+    for (i, s) in secrets.iter().enumerate() {
+        let who = if i % 2 == 0 { &a.id } else { &b.id };
+        env.put(who, &format!("record-{i}"), s);
+        // An overwritten version must not linger in plaintext either.
+        env.put(who, &format!("old-{i}"), s);
+        env.put(who, &format!("old-{i}"), b"replaced");
+    }
+    let recovery: Vec<Vec<u8>> = [&a, &b]
+        .iter()
+        .flat_map(|t| [t.recovery.clone().into_bytes(), t.recovery.replace('-', "").into_bytes()])
+        .collect();
+    let mut scanned = 0usize;
+    for dir in [env.data_dir(), env.tpm.state_dir().to_path_buf()] {
+        for file in bulwark_tests::files_under(&dir) {
+            let bytes = std::fs::read(&file).expect("read");
+            scanned += bytes.len();
+            for s in secrets.iter().chain(&recovery) {
+                assert!(
+                    !bulwark_tests::contains(&bytes, &s[..16.min(s.len())]),
+                    "{} holds plaintext {:?}",
+                    file.display(),
+                    String::from_utf8_lossy(&s[..16.min(s.len())])
+                );
+            }
+        }
+    }
+    assert!(scanned > 0);
+    for (i, s) in secrets.iter().enumerate() {
+        let who = if i % 2 == 0 { &a.id } else { &b.id };
+        env.assert_get(who, &format!("record-{i}"), s);
+    }
+}
