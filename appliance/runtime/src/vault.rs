@@ -88,11 +88,20 @@ pub enum VaultError {
 }
 
 /// One sealed record as stored.
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize)]
 struct Envelope {
     version: u64,
     nonce: [u8; 12],
     ciphertext: Vec<u8>,
+}
+
+/// The same record read in place from the store, without copying its ciphertext.
+#[derive(Deserialize)]
+struct EnvelopeRef<'a> {
+    version: u64,
+    nonce: [u8; 12],
+    #[serde(borrow)]
+    ciphertext: &'a [u8],
 }
 
 /// A record's listing entry (no plaintext).
@@ -129,7 +138,8 @@ impl Drop for GuardedDb {
 pub struct Vault {
     db: GuardedDb,
     tenant: TenantId,
-    dek: SecretKey,
+    /// AES-256-GCM-SIV keyed with the DEK, built once per open (its key schedule is zeroized on drop).
+    cipher: Aes256GcmSiv,
     mac_key: SecretKey,
     path: PathBuf,
     _lock: File,
@@ -200,8 +210,11 @@ fn aad(label: &[u8], tenant: &TenantId, key: &str, version: u64) -> Vec<u8> {
     a
 }
 
-fn seal(key: &SecretKey, aad: &[u8], plaintext: &[u8]) -> Envelope {
-    let cipher = Aes256GcmSiv::new(key.expose_secret().into());
+fn cipher_for(key: &SecretKey) -> Aes256GcmSiv {
+    Aes256GcmSiv::new(key.expose_secret().into())
+}
+
+fn seal_with(cipher: &Aes256GcmSiv, aad: &[u8], plaintext: &[u8]) -> Envelope {
     let mut nonce = [0u8; 12];
     rand::rngs::OsRng.fill_bytes(&mut nonce);
     // GCM-SIV encryption only fails for inputs over 2^36 bytes, far above MAX_VALUE_LEN.
@@ -211,12 +224,8 @@ fn seal(key: &SecretKey, aad: &[u8], plaintext: &[u8]) -> Envelope {
     Envelope { version: 0, nonce, ciphertext }
 }
 
-fn open_env(key: &SecretKey, aad: &[u8], env: &Envelope) -> Option<Zeroizing<Vec<u8>>> {
-    let cipher = Aes256GcmSiv::new(key.expose_secret().into());
-    cipher
-        .decrypt(Nonce::from_slice(&env.nonce), Payload { msg: &env.ciphertext, aad })
-        .ok()
-        .map(Zeroizing::new)
+fn open_with(cipher: &Aes256GcmSiv, aad: &[u8], env: &EnvelopeRef<'_>) -> Option<Zeroizing<Vec<u8>>> {
+    cipher.decrypt(Nonce::from_slice(&env.nonce), Payload { msg: env.ciphertext, aad }).ok().map(Zeroizing::new)
 }
 
 /// The set-digest contribution of one stored (table, key, value) entry.
@@ -303,7 +312,7 @@ impl Vault {
         let db = GuardedDb(Some(Database::create(path).map_err(corrupt)?));
         let dek = SecretKey::random();
         let mac_key = derive_mac_key(&dek);
-        let mut wrapped = seal(kek, &aad(AAD_DEK, &tenant, "", 0), dek.expose_secret());
+        let mut wrapped = seal_with(&cipher_for(kek), &aad(AAD_DEK, &tenant, "", 0), dek.expose_secret());
         wrapped.version = 0;
         let wrapped = postcard::to_stdvec(&wrapped).map_err(corrupt)?;
         let mut digest = [0u8; 32];
@@ -318,7 +327,8 @@ impl Vault {
             tx.open_table(RECORDS).map_err(corrupt)?;
         }
         tx.commit().map_err(corrupt)?;
-        Ok(Vault { db, tenant, dek, mac_key, path: path.to_path_buf(), _lock: lock })
+        let cipher = cipher_for(&dek);
+        Ok(Vault { db, tenant, cipher, mac_key, path: path.to_path_buf(), _lock: lock })
     }
 
     fn open_unguarded(path: &Path, tenant: TenantId, kek: &SecretKey) -> Result<Self, VaultError> {
@@ -342,13 +352,14 @@ impl Vault {
         if env.version != 0 {
             return Err(VaultError::Integrity("wrapped data key has an unknown version".into()));
         }
-        let mut dek_bytes = open_env(kek, &aad(AAD_DEK, &tenant, "", 0), &env).ok_or_else(|| {
+        let mut dek_bytes = open_with(&cipher_for(kek), &aad(AAD_DEK, &tenant, "", 0), &env).ok_or_else(|| {
             VaultError::Integrity("data key does not unwrap: wrong tenant key or altered file".into())
         })?;
         let dek = SecretKey::take_from(&mut dek_bytes)
             .ok_or_else(|| VaultError::Integrity("unwrapped data key has the wrong length".into()))?;
         let mac_key = derive_mac_key(&dek);
-        Ok(Vault { db, tenant, dek, mac_key, path: path.to_path_buf(), _lock: lock })
+        let cipher = cipher_for(&dek);
+        Ok(Vault { db, tenant, cipher, mac_key, path: path.to_path_buf(), _lock: lock })
     }
 
     /// The tenant this vault belongs to.
@@ -379,7 +390,7 @@ impl Vault {
             version = prev_version
                 .checked_add(1)
                 .ok_or_else(|| VaultError::Integrity("record version overflow".into()))?;
-            let mut env = seal(&self.dek, &aad(AAD_RECORD, &self.tenant, key, version), value);
+            let mut env = seal_with(&self.cipher, &aad(AAD_RECORD, &self.tenant, key, version), value);
             env.version = version;
             let bytes = postcard::to_stdvec(&env).map_err(corrupt)?;
             xor_into(&mut digest, &entry_mac(&self.mac_key, "records", key, &bytes));
@@ -394,13 +405,9 @@ impl Vault {
         check_key(key)?;
         let tx = self.db.begin_read().map_err(corrupt)?;
         let records = tx.open_table(RECORDS).map_err(corrupt)?;
-        let bytes = records
-            .get(key)
-            .map_err(corrupt)?
-            .map(|v| v.value().to_vec())
-            .ok_or_else(|| VaultError::NotFound(key.to_string()))?;
-        let env = decode_envelope(&bytes)?;
-        open_env(&self.dek, &aad(AAD_RECORD, &self.tenant, key, env.version), &env).ok_or_else(|| {
+        let guard = records.get(key).map_err(corrupt)?.ok_or_else(|| VaultError::NotFound(key.to_string()))?;
+        let env = decode_envelope(guard.value())?;
+        open_with(&self.cipher, &aad(AAD_RECORD, &self.tenant, key, env.version), &env).ok_or_else(|| {
             VaultError::Integrity(format!("record {key:?} does not authenticate (altered, moved or another tenant's)"))
         })
     }
@@ -450,7 +457,7 @@ impl Vault {
             if let Some(old) = meta.get(slot.as_str()).map_err(corrupt)?.map(|v| v.value().to_vec()) {
                 xor_into(&mut digest, &entry_mac(&self.mac_key, "meta", &slot, &old));
             }
-            let env = seal(&self.dek, &aad(AAD_SECRET, &self.tenant, name, 0), secret.expose_secret());
+            let env = seal_with(&self.cipher, &aad(AAD_SECRET, &self.tenant, name, 0), secret.expose_secret());
             let bytes = postcard::to_stdvec(&env).map_err(corrupt)?;
             xor_into(&mut digest, &entry_mac(&self.mac_key, "meta", &slot, &bytes));
             meta.insert(slot.as_str(), bytes.as_slice()).map_err(corrupt)?;
@@ -471,7 +478,7 @@ impl Vault {
             .map(|v| v.value().to_vec())
             .ok_or_else(|| VaultError::NotFound(slot.clone()))?;
         let env = decode_envelope(&bytes)?;
-        let mut plain = open_env(&self.dek, &aad(AAD_SECRET, &self.tenant, name, 0), &env)
+        let mut plain = open_with(&self.cipher, &aad(AAD_SECRET, &self.tenant, name, 0), &env)
             .ok_or_else(|| VaultError::Integrity(format!("secret {name:?} does not authenticate")))?;
         SecretKey::take_from(&mut plain).ok_or_else(|| VaultError::Integrity(format!("secret {name:?} has the wrong length")))
     }
@@ -487,7 +494,7 @@ impl Vault {
             let (k, v) = item.map_err(corrupt)?;
             let key = k.value();
             let env = decode_envelope(v.value())?;
-            open_env(&self.dek, &aad(AAD_RECORD, &self.tenant, key, env.version), &env)
+            open_with(&self.cipher, &aad(AAD_RECORD, &self.tenant, key, env.version), &env)
                 .ok_or_else(|| VaultError::Integrity(format!("record {key:?} does not authenticate")))?;
             xor_into(&mut digest, &entry_mac(&self.mac_key, "records", key, v.value()));
             n += 1;
@@ -502,7 +509,7 @@ impl Vault {
                         return Err(VaultError::Integrity(format!("unexpected metadata entry {slot:?}")));
                     };
                     let env = decode_envelope(v.value())?;
-                    open_env(&self.dek, &aad(AAD_SECRET, &self.tenant, name, 0), &env)
+                    open_with(&self.cipher, &aad(AAD_SECRET, &self.tenant, name, 0), &env)
                         .ok_or_else(|| VaultError::Integrity(format!("secret {name:?} does not authenticate")))?;
                     xor_into(&mut digest, &entry_mac(&self.mac_key, "meta", slot, v.value()));
                 }
@@ -525,8 +532,8 @@ fn read_digest(meta: &impl ReadableTable<&'static str, &'static [u8]>) -> Result
     <[u8; 32]>::try_from(v.value()).map_err(|_| VaultError::Integrity("set digest has the wrong length".into()))
 }
 
-fn decode_envelope(bytes: &[u8]) -> Result<Envelope, VaultError> {
-    let (env, rest): (Envelope, &[u8]) = postcard::take_from_bytes(bytes)
+fn decode_envelope(bytes: &[u8]) -> Result<EnvelopeRef<'_>, VaultError> {
+    let (env, rest): (EnvelopeRef<'_>, &[u8]) = postcard::take_from_bytes(bytes)
         .map_err(|_| VaultError::Integrity("stored record is malformed".into()))?;
     if !rest.is_empty() {
         return Err(VaultError::Integrity("stored record has trailing bytes".into()));

@@ -1,0 +1,244 @@
+//! Helpers shared by the appliance bench binaries: order statistics, a description of the machine
+//! the numbers came from, and the plain tss-esapi unseal used as the TPM anchor.
+//!
+//! Each bench binary uses a subset of these, hence the `dead_code` allowance.
+#![allow(dead_code)]
+
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use tss_esapi::attributes::ObjectAttributesBuilder;
+use tss_esapi::constants::SessionType;
+use tss_esapi::handles::{KeyHandle, ObjectHandle, PersistentTpmHandle, SessionHandle, TpmHandle};
+use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
+use tss_esapi::interface_types::session_handles::{AuthSession, PolicySession};
+use tss_esapi::structures::{
+    Digest, KeyedHashScheme, PcrSelectionList, PcrSelectionListBuilder, PcrSlot, Private, Public, PublicBuilder,
+    PublicKeyedHashParameters, SensitiveData, SymmetricDefinition,
+};
+use tss_esapi::{Context, TctiNameConf};
+
+/// Any failure in a bench: it aborts the run with the message.
+pub type BoxErr = Box<dyn std::error::Error>;
+
+/// Median, p99, mean, min and max of a set of samples.
+#[derive(Debug, Clone, Copy)]
+pub struct Stats {
+    /// Number of samples.
+    pub n: usize,
+    /// 50th percentile (upper median).
+    pub median: Duration,
+    /// 99th percentile (nearest rank).
+    pub p99: Duration,
+    /// Arithmetic mean.
+    pub mean: Duration,
+    /// Smallest sample.
+    pub min: Duration,
+    /// Largest sample.
+    pub max: Duration,
+}
+
+/// Order statistics of `samples` (which must not be empty).
+pub fn stats(samples: &[Duration]) -> Result<Stats, BoxErr> {
+    if samples.is_empty() {
+        return Err("no samples".into());
+    }
+    let mut v = samples.to_vec();
+    v.sort();
+    let n = v.len();
+    // Nearest-rank p99: the smallest sample with at least 99 % of samples at or below it.
+    let rank = (n * 99).div_ceil(100).max(1);
+    let total: Duration = v.iter().sum();
+    let mean = total / u32::try_from(n)?;
+    Ok(Stats { n, median: v[n / 2], p99: v[rank - 1], mean, min: v[0], max: v[n - 1] })
+}
+
+/// Milliseconds as a float, for printing.
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Microseconds as a float, for printing.
+pub fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+/// One line per fact about the machine and toolchain the numbers came from.
+pub fn machine_report() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map(str::trim)
+        .unwrap_or("?")
+        .to_string();
+    let flags: Vec<&str> = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("flags"))
+        .map(|l| {
+            l.split_whitespace()
+                .filter(|f| matches!(*f, "aes" | "pclmulqdq" | "avx2" | "vaes" | "vpclmulqdq"))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal"))
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("?").to_string())
+        })
+        .unwrap_or_else(|| "?".into());
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let rustc = std::process::Command::new("rustc")
+        .arg("--version")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "?".into());
+    let profile = if cfg!(debug_assertions) { "debug (numbers not meaningful)" } else { "release" };
+    format!(
+        "machine: {cores} cores, {model}, MemTotal {mem} kB, cpu flags [{}], load average {}\ntoolchain: {rustc}, \
+         {profile} profile",
+        flags.join(" "),
+        load_average()
+    )
+}
+
+/// Time this thread has spent on a CPU (first field of `/proc/thread-self/schedstat`, nanoseconds).
+/// On a shared machine, throughput per CPU-second is what one core delivers; wall-clock throughput
+/// also counts time spent waiting for a core.
+pub fn thread_cpu_time() -> Result<Duration, BoxErr> {
+    let text = std::fs::read_to_string("/proc/thread-self/schedstat")?;
+    let ns: u64 = text.split_whitespace().next().ok_or("empty schedstat")?.parse()?;
+    Ok(Duration::from_nanos(ns))
+}
+
+/// The 1, 5 and 15 minute load averages, as `/proc/loadavg` gives them.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "?".into())
+}
+
+/// Median and p99 of 50 `fdatasync`s after a 4 KiB overwrite of a file in `dir`: the disk's durable-write
+/// latency at the time of the run (redb's `Durability::Immediate` commits and its open/close pay it).
+pub fn fsync_probe(dir: &std::path::Path) -> Result<String, BoxErr> {
+    use std::io::{Seek, Write};
+    let path = dir.join("fsync-probe");
+    let mut f = std::fs::File::create(&path)?;
+    let block = [0x5au8; 4096];
+    let mut times = Vec::with_capacity(50);
+    for _ in 0..50 {
+        f.seek(std::io::SeekFrom::Start(0))?;
+        f.write_all(&block)?;
+        let t = Instant::now();
+        f.sync_data()?;
+        times.push(t.elapsed());
+    }
+    drop(f);
+    std::fs::remove_file(&path)?;
+    let s = stats(&times)?;
+    Ok(format!("disk: 4 KiB write + fdatasync median {:.3} ms, p99 {:.3} ms (50 samples)", ms(s.median), ms(s.p99)))
+}
+
+/// A PCR-only sealed object for the anchor: a keyed-hash object under the SRK with the same
+/// attributes as Bulwark's sealed KEKs (fixedTPM | fixedParent | noDA, no userWithAuth) whose
+/// authPolicy is a bare PolicyPCR over `selection`.
+pub struct AnchorObject {
+    public: Public,
+    private: Private,
+    selection: PcrSelectionList,
+    secret: Vec<u8>,
+}
+
+fn pcr_slot(pcr: u32) -> Result<PcrSlot, BoxErr> {
+    let bit = 1u32.checked_shl(pcr).ok_or("PCR index out of range")?;
+    Ok(PcrSlot::try_from(bit)?)
+}
+
+fn connect(tcti: &str) -> Result<(Context, KeyHandle), BoxErr> {
+    let mut ctx = Context::new(TctiNameConf::from_str(tcti)?)?;
+    let srk = ctx.tr_from_tpm_public(TpmHandle::Persistent(PersistentTpmHandle::new(bulwark_tpm::SRK_HANDLE)?))?;
+    Ok((ctx, KeyHandle::from(srk)))
+}
+
+impl AnchorObject {
+    /// Seals `secret` under the persistent SRK to PolicyPCR over `pcrs` of the SHA-256 bank, whose
+    /// current policy digest is `pcr_policy` (computed offline by the caller). Opens and closes its
+    /// own connection, so it must not overlap a `bulwark_tpm::Tpm` operation on a one-client swtpm.
+    pub fn create(tcti: &str, pcrs: &[u32], pcr_policy: [u8; 32], secret: &[u8]) -> Result<Self, BoxErr> {
+        let (mut ctx, srk) = connect(tcti)?;
+        let public = PublicBuilder::new()
+            .with_public_algorithm(PublicAlgorithm::KeyedHash)
+            .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+            .with_object_attributes(
+                ObjectAttributesBuilder::new().with_fixed_tpm(true).with_fixed_parent(true).with_no_da(true).build()?,
+            )
+            .with_auth_policy(Digest::try_from(pcr_policy.to_vec())?)
+            .with_keyed_hash_parameters(PublicKeyedHashParameters::new(KeyedHashScheme::Null))
+            .with_keyed_hash_unique_identifier(Digest::default())
+            .build()?;
+        let sensitive = SensitiveData::try_from(secret.to_vec())?;
+        let created =
+            ctx.execute_with_nullauth_session(|c| c.create(srk, public, None, Some(sensitive), None, None))?;
+        let slots = pcrs.iter().map(|p| pcr_slot(*p)).collect::<Result<Vec<_>, _>>()?;
+        let selection = PcrSelectionListBuilder::new().with_selection(HashingAlgorithm::Sha256, &slots).build()?;
+        Ok(AnchorObject {
+            public: created.out_public,
+            private: created.out_private,
+            selection,
+            secret: secret.to_vec(),
+        })
+    }
+
+    /// Runs `n` plain unseals on one connection and returns each one's time: TPM2_Load, an unsalted
+    /// policy session, TPM2_PolicyPCR, TPM2_Unseal, TPM2_FlushContext of object and session. The
+    /// connection is opened before and closed after the timed loop (it is not counted).
+    pub fn unseal_times(&self, tcti: &str, n: usize) -> Result<Vec<Duration>, BoxErr> {
+        let (mut ctx, srk) = connect(tcti)?;
+        let mut times = Vec::with_capacity(n);
+        for _ in 0..n {
+            let t = Instant::now();
+            ctx.set_sessions((Some(AuthSession::Password), None, None));
+            let key = ctx.load(srk, self.private.clone(), self.public.clone())?;
+            ctx.clear_sessions();
+            let sess = ctx
+                .start_auth_session(
+                    None,
+                    None,
+                    None,
+                    SessionType::Policy,
+                    SymmetricDefinition::Null,
+                    HashingAlgorithm::Sha256,
+                )?
+                .ok_or("the TPM returned no session")?;
+            ctx.policy_pcr(PolicySession::try_from(sess)?, Digest::default(), self.selection.clone())?;
+            ctx.set_sessions((Some(sess), None, None));
+            let data = ctx.unseal(ObjectHandle::from(key))?;
+            ctx.clear_sessions();
+            ctx.flush_context(ObjectHandle::from(key))?;
+            ctx.flush_context(ObjectHandle::from(SessionHandle::from(sess)))?;
+            times.push(t.elapsed());
+            if data.value() != self.secret.as_slice() {
+                return Err("the anchor unsealed the wrong bytes".into());
+            }
+        }
+        Ok(times)
+    }
+}
+
+/// Times `n` plain ESAPI connects (TCTI loader + Esys_Initialize) and disconnects, nothing else.
+pub fn connect_times(tcti: &str, n: usize) -> Result<Vec<Duration>, BoxErr> {
+    let conf = TctiNameConf::from_str(tcti)?;
+    let mut times = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let ctx = Context::new(conf.clone())?;
+        drop(ctx);
+        times.push(t.elapsed());
+    }
+    Ok(times)
+}

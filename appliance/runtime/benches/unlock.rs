@@ -1,0 +1,171 @@
+//! Tenant unlock latency on a real swtpm, beside a plain ESAPI anchor measured in the same run.
+//!
+//! Paths, interleaved in blocks of 50 so that drift on a shared machine hits them alike:
+//! - (A) anchor: plain tss-esapi on one open connection: TPM2_Load, unsalted policy session,
+//!   TPM2_PolicyPCR, TPM2_Unseal, flush object and session, for a 32-byte PCR-only sealed object under
+//!   the same SRK and the same PCR selection as the tenant's KEK (the sequence of
+//!   `tpm/benches/unseal.rs`).
+//! - (U) `Appliance::unlock` of one tenant: registry lookup, read `kek.sealed`, `Tpm::unseal` through
+//!   the policy session (PolicyPCR, PolicyNV, PolicyOR), `Vault::open` and DEK unwrap. Dropping the
+//!   returned vault (closing its redb file) is timed apart as (U-close).
+//! - Breakdown of (U): (T) `Tpm::unseal` alone on the same sealed blob; (V) `Vault::open` alone with the
+//!   KEK in hand and (V-close) its drop; (C) a bare ESAPI connect + disconnect to the swtpm, which
+//!   `Tpm` does once per operation on a one-client swtpm and the anchor does not.
+//!
+//! Run: `cargo bench -p bulwark-appliance --bench unlock`. `BULWARK_BENCH_N` sets the sample count per
+//! path (default 300).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bulwark_appliance::appliance::Appliance;
+use bulwark_appliance::datadir::DataDir;
+use bulwark_appliance::secret::SecretKey;
+use bulwark_appliance::vault::Vault;
+use bulwark_boot::alg::HashAlg;
+use bulwark_tpm::policy::{self, PcrIndex};
+use bulwark_tpm::swtpm::Swtpm;
+use bulwark_tpm::{PcrBank, SealedObject, UnsealAuth};
+use common::{AnchorObject, BoxErr, Stats, ms, stats};
+use rand::RngCore;
+use zeroize::Zeroizing;
+
+const BLOCK: usize = 50;
+const WARMUP: usize = 20;
+
+fn line(label: &str, s: &Stats) {
+    println!(
+        "{label:<58} median {:>7.3} ms  p99 {:>7.3} ms  mean {:>7.3} ms  min {:>7.3} ms  (n={})",
+        ms(s.median),
+        ms(s.p99),
+        ms(s.mean),
+        ms(s.min),
+        s.n
+    );
+}
+
+fn main() -> Result<(), BoxErr> {
+    let n: usize = std::env::var("BULWARK_BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(300);
+    let dir = tempfile::tempdir()?;
+    let sw = Swtpm::start(&dir.path().join("swtpm"))?;
+    let tcti = sw.tcti();
+    let dd = DataDir::new(&dir.path().join("data"))?;
+    // `Tpm::open` inside `init` sets TSS2_LOG=all+NONE (unless set) before any TSS call.
+    let mut app = Appliance::init(dd, &tcti, Some("dev-swtpm"), false)?;
+    let id = app.create_tenant("bench")?.record.id;
+    {
+        let t = app.unlock(id)?;
+        t.vault.put("probe", b"unlock bench")?;
+        if &**t.vault.get("probe")? != b"unlock bench" {
+            return Err("vault round trip failed".into());
+        }
+    }
+
+    // The anchor object: same SRK, same bank and PCRs as the tenant's PolicyPCR, 32-byte secret.
+    if app.profile().seal_bank() != HashAlg::Sha256 {
+        return Err("the anchor assumes the sha256 seal bank of the dev-swtpm profile".into());
+    }
+    let pcr_nums: Vec<u32> = app.profile().bound_pcrs().iter().map(|p| p.get()).collect();
+    let pcrs = pcr_nums.iter().map(|p| PcrIndex::new(*p)).collect::<Result<Vec<_>, _>>()?;
+    let values = app.machine_mut().tpm.pcr_read(PcrBank::Sha256, &pcrs)?;
+    let pcr_policy = policy::policy_pcr(&policy::POLICY_START, &values);
+    let mut anchor_secret = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut anchor_secret);
+    let anchor = AnchorObject::create(&tcti, &pcr_nums, pcr_policy, &anchor_secret)?;
+
+    // For the breakdown: the tenant's sealed blob, and its KEK to open the vault directly.
+    let tenant_dir = app.data_dir().tenant_dir(&id);
+    let sealed = SealedObject::from_bytes(&std::fs::read(tenant_dir.join("kek.sealed"))?)?;
+    let vault_path = tenant_dir.join("vault.redb");
+    let kek = {
+        let s = app.machine_mut().tpm.unseal(&sealed, UnsealAuth::MeasuredState)?;
+        let mut bytes = Zeroizing::new(s.expose_secret().to_vec());
+        SecretKey::take_from(&mut bytes[..]).ok_or("KEK is not 32 bytes")?
+    };
+
+    let mut a = Vec::new();
+    let (mut u, mut u_close) = (Vec::new(), Vec::new());
+    let mut t = Vec::new();
+    let (mut v, mut v_close) = (Vec::new(), Vec::new());
+    let mut c = Vec::new();
+    let mut done = 0usize;
+    let mut first = true;
+    while done < n {
+        // The first round is a warm-up of every path, not recorded.
+        let k = if first { WARMUP } else { BLOCK.min(n - done) };
+        let anchor_times = anchor.unseal_times(&tcti, k)?;
+        let mut ut = Vec::with_capacity(k);
+        let mut uc = Vec::with_capacity(k);
+        for _ in 0..k {
+            let t0 = Instant::now();
+            let unlocked = app.unlock(id)?;
+            ut.push(t0.elapsed());
+            let t1 = Instant::now();
+            drop(unlocked);
+            uc.push(t1.elapsed());
+        }
+        let mut tt = Vec::with_capacity(k);
+        for _ in 0..k {
+            let t0 = Instant::now();
+            let s = app.machine_mut().tpm.unseal(&sealed, UnsealAuth::MeasuredState)?;
+            tt.push(t0.elapsed());
+            if s.len() != 32 {
+                return Err("Tpm::unseal returned the wrong length".into());
+            }
+        }
+        let mut vt = Vec::with_capacity(k);
+        let mut vc = Vec::with_capacity(k);
+        for _ in 0..k {
+            let t0 = Instant::now();
+            let vault = Vault::open(&vault_path, id, &kek)?;
+            vt.push(t0.elapsed());
+            let t1 = Instant::now();
+            drop(vault);
+            vc.push(t1.elapsed());
+        }
+        let ct = common::connect_times(&tcti, k)?;
+        if first {
+            first = false;
+            continue;
+        }
+        a.extend(anchor_times);
+        u.extend(ut);
+        u_close.extend(uc);
+        t.extend(tt);
+        v.extend(vt);
+        v_close.extend(vc);
+        c.extend(ct);
+        done += k;
+    }
+
+    let (sa, su, suc) = (stats(&a)?, stats(&u)?, stats(&u_close)?);
+    let (st, sv, svc, sc) = (stats(&t)?, stats(&v)?, stats(&v_close)?, stats(&c)?);
+    println!("unlock bench: swtpm {tcti}, N={n} per path, blocks of {BLOCK} interleaved, {WARMUP} warm-up each");
+    println!("{}", common::machine_report());
+    println!("{}", common::fsync_probe(dir.path())?);
+    line("(A) anchor: ESAPI Load+PolicyPCR+Unseal+Flush (1 conn)", &sa);
+    line("(U) Appliance::unlock (registry, blob, unseal, vault open)", &su);
+    line("(U-close) drop of the unlocked tenant (redb close)", &suc);
+    line("(T) Tpm::unseal alone (lock, connect, PCR+NV+OR, unseal)", &st);
+    line("(V) Vault::open alone (lock file, redb open, DEK unwrap)", &sv);
+    line("(V-close) drop of the vault (redb close)", &svc);
+    line("(C) bare ESAPI connect+disconnect to swtpm", &sc);
+    let r = |x: Duration, y: Duration| x.as_secs_f64() / y.as_secs_f64();
+    println!(
+        "ratio U/A: median {:.2}x  p99 {:.2}x   (target <= 1.5x: {})",
+        r(su.median, sa.median),
+        r(su.p99, sa.p99),
+        if r(su.median, sa.median) <= 1.5 && r(su.p99, sa.p99) <= 1.5 { "met" } else { "MISSED" }
+    );
+    println!(
+        "ratio T/A: median {:.2}x  p99 {:.2}x   ratio (U + U-close)/A median {:.2}x",
+        r(st.median, sa.median),
+        r(st.p99, sa.p99),
+        r(su.median + suc.median, sa.median)
+    );
+    println!("load average at end: {}", common::load_average());
+    drop(app);
+    sw.stop();
+    Ok(())
+}
