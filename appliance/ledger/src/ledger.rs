@@ -1,0 +1,812 @@
+//! One ledger directory: a tlog-tiles tree, every signed checkpoint, crash-safe appends and recovery.
+//!
+//! Layout (FORMATS.md §5): `LEDGER` (format marker and origin), `key.pub.pem`, `lock`, `checkpoint` (the
+//! latest), `history/<K>` (every checkpoint ever issued, in append-only segments, see [`crate::history`]),
+//! `tile/<L>/<N>[.p/<W>]`, `tile/entries/<N>[.p/<W>]` and `spare/` (recycled inodes).
+//!
+//! A commit writes every changed tile and entry bundle (temp file, fsync, rename), fsyncs their
+//! directories, and only then writes the signed checkpoint: `checkpoint` (temp file, fsync, rename, fsync
+//! of the directory) and the history (append, fdatasync). An entry is acknowledged only once that
+//! checkpoint is durable. Recovery on open adopts
+//! the newest valid checkpoint found in either place, rebuilds the tree from the tiles for that size,
+//! checks its root against the checkpoint, and deletes everything beyond it (appends that were written
+//! but never checkpointed were never acknowledged, so nothing acknowledged is lost). It then finds the
+//! OARs still waiting for an outcome (using the newest OAR's low-water mark, so only the tail is read).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use crate::fsutil::{self, Spares, TMP_SUFFIX};
+use crate::hash::Hash;
+use crate::history::{self, History};
+use crate::merkle::{self, MerkleError};
+use crate::note::{NoteError, SignedCheckpoint};
+use crate::oar::{Entry, EntryError, LedgerScope, TreeHead};
+use crate::signer::{KeyError, LedgerPublicKey, LedgerSigner};
+use crate::tiles::{self, TILE_WIDTH, TileError, Tree};
+
+/// Contents of the `LEDGER` marker file, before the origin line.
+pub const LEDGER_MARKER: &str = "bulwark-ledger 1\n";
+
+/// A ledger operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    /// Reading or writing a ledger file failed (disk full, permissions, a path that is not a directory).
+    #[error("ledger I/O failed at {path}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// Another process (or another gate in this one) has the ledger open.
+    #[error("ledger {0} is in use by another process")]
+    Busy(PathBuf),
+    /// The directory has no valid `LEDGER` marker.
+    #[error("{0} is not a bulwark ledger directory")]
+    NotALedger(PathBuf),
+    /// `create` found something already at the path.
+    #[error("{0} already exists")]
+    Exists(PathBuf),
+    /// The ledger belongs to another tenant or appliance.
+    #[error("ledger is {found}, not {expected}")]
+    WrongScope {
+        /// What the ledger says.
+        found: String,
+        /// What the caller asked for.
+        expected: String,
+    },
+    /// The signer's public key is not the key this ledger was created with.
+    #[error("signer does not match the ledger's key (key.pub.pem)")]
+    WrongKey,
+    /// Stored data contradicts itself (a tile, bundle or checkpoint fails its check).
+    #[error("ledger data is corrupt: {path}: {what}")]
+    Corrupt {
+        /// File relative to the ledger directory.
+        path: String,
+        /// What does not hold.
+        what: String,
+    },
+    /// A checkpoint failed to parse, verify or sign.
+    #[error("checkpoint {path}")]
+    Checkpoint {
+        /// File relative to the ledger directory.
+        path: String,
+        /// The cause.
+        #[source]
+        source: NoteError,
+    },
+    /// A tile or entry bundle could not be read.
+    #[error("tile")]
+    Tile(#[from] TileError),
+    /// An entry failed to encode or decode.
+    #[error("entry {index}")]
+    Entry {
+        /// The entry's index.
+        index: u64,
+        /// The cause.
+        #[source]
+        source: EntryError,
+    },
+    /// A Merkle computation failed.
+    #[error("merkle tree")]
+    Merkle(#[from] MerkleError),
+    /// A key operation failed.
+    #[error("ledger key")]
+    Key(#[from] KeyError),
+    /// The gate was closed.
+    #[error("the gate is closed")]
+    Closed,
+    /// The gate stopped accepting operations after a write failure it could not recover from.
+    #[error("the ledger is unavailable after a write failure: {0}")]
+    Unavailable(String),
+    /// The token attests a different operation, target or ledger than the one about to run.
+    #[error("{0}")]
+    Mismatch(String),
+    /// An attested token from another gate, or one already completed.
+    #[error("attested token does not belong to this gate or was already completed")]
+    WrongToken,
+    /// The draft is invalid (too many approvals, an entry too large).
+    #[error("invalid operation draft")]
+    Draft(#[source] EntryError),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> LedgerError + '_ {
+    move |source| LedgerError::Io { path: path.to_path_buf(), source }
+}
+
+/// An OAR still waiting for its outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PendingOar {
+    /// The OAR's entry index.
+    pub index: u64,
+    /// Its leaf hash.
+    pub leaf: Hash,
+}
+
+/// What recovery found when the ledger was opened.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recovered {
+    /// The next OAR counter.
+    pub next_counter: u64,
+    /// OARs without an outcome, by counter.
+    pub pending: BTreeMap<u64, PendingOar>,
+    /// Time of the newest entry (ms), to keep time non-decreasing.
+    pub last_time_ms: u64,
+    /// Files beyond the last checkpoint that were removed (never-acknowledged appends).
+    pub removed_files: usize,
+}
+
+/// An open ledger directory (holding its lock).
+#[derive(Debug)]
+pub struct Ledger {
+    dir: PathBuf,
+    scope: LedgerScope,
+    key: LedgerPublicKey,
+    tree: Tree,
+    checkpoint: SignedCheckpoint,
+    spares: Arc<Spares>,
+    history: Arc<Mutex<History>>,
+    _lock: File,
+}
+
+/// Read a ledger directory's scope (from `LEDGER`) and public key (from `key.pub.pem`), e.g. to export it
+/// or print the key without unlocking the signer. Not a trust anchor: auditors pin keys out of band.
+pub fn read_identity(dir: &Path) -> Result<(LedgerScope, LedgerPublicKey), LedgerError> {
+    let marker = fs::read_to_string(dir.join("LEDGER")).map_err(|_| LedgerError::NotALedger(dir.to_path_buf()))?;
+    let scope = marker
+        .strip_prefix(LEDGER_MARKER)
+        .and_then(|r| r.strip_suffix('\n'))
+        .and_then(LedgerScope::from_origin)
+        .ok_or_else(|| LedgerError::NotALedger(dir.to_path_buf()))?;
+    let pem_path = dir.join("key.pub.pem");
+    let pem = fs::read_to_string(&pem_path).map_err(io_err(&pem_path))?;
+    Ok((scope, LedgerPublicKey::from_spki_pem(&pem)?))
+}
+
+/// The path, in an exported bundle, of the checkpoint of `size`.
+pub fn checkpoint_history_path(size: u64) -> String {
+    format!("checkpoints/{}", tiles::index_path(size))
+}
+
+impl Ledger {
+    /// Create a new, empty ledger at `dir` (which must not exist) for `signer`'s scope, with a signed
+    /// checkpoint of size 0. The directory is assembled under a temporary name and renamed into place,
+    /// so it either exists complete or not at all.
+    pub fn create(dir: &Path, signer: &LedgerSigner) -> Result<(Ledger, Recovered), LedgerError> {
+        if dir.exists() {
+            return Err(LedgerError::Exists(dir.to_path_buf()));
+        }
+        let parent = dir.parent().ok_or_else(|| LedgerError::NotALedger(dir.to_path_buf()))?;
+        let name = dir.file_name().ok_or_else(|| LedgerError::NotALedger(dir.to_path_buf()))?;
+        let mut tmp_name = std::ffi::OsString::from(".");
+        tmp_name.push(name);
+        tmp_name.push(".creating");
+        let tmp = parent.join(tmp_name);
+        if tmp.exists() {
+            fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
+        }
+        let scope = signer.scope();
+        let mut dirty = BTreeSet::new();
+        fsutil::create_dirs(&tmp, &mut dirty).map_err(io_err(&tmp))?;
+        let marker = format!("{LEDGER_MARKER}{}\n", scope.origin());
+        let w = |rel: &str, bytes: &[u8], dirty: &mut BTreeSet<PathBuf>| {
+            let p = tmp.join(rel);
+            fsutil::write_replace(&p, bytes, dirty).map_err(io_err(&p))
+        };
+        w("LEDGER", marker.as_bytes(), &mut dirty)?;
+        w("key.pub.pem", signer.public_key().to_spki_pem().as_bytes(), &mut dirty)?;
+        w("lock", b"", &mut dirty)?;
+        let head = TreeHead { size: 0, root: crate::hash::empty_root() };
+        let cp = SignedCheckpoint::sign(signer, head)
+            .map_err(|source| LedgerError::Checkpoint { path: "checkpoint".into(), source })?;
+        w(&history::segment_path(0), &history::single_record(&cp), &mut dirty)?;
+        w("checkpoint", cp.text().as_bytes(), &mut dirty)?;
+        dirty.retain(|d| d.starts_with(&tmp));
+        fsutil::sync_dirs(&dirty).map_err(io_err(&tmp))?;
+        fs::rename(&tmp, dir).map_err(io_err(dir))?;
+        File::open(parent).and_then(|f| f.sync_all()).map_err(io_err(parent))?;
+        Self::open(dir, scope, signer.public_key())
+    }
+
+    /// Open an existing ledger, recovering from any crash (see the module docs).
+    pub fn open(dir: &Path, scope: LedgerScope, key: &LedgerPublicKey) -> Result<(Ledger, Recovered), LedgerError> {
+        let marker_path = dir.join("LEDGER");
+        let marker = fs::read_to_string(&marker_path).map_err(|_| LedgerError::NotALedger(dir.to_path_buf()))?;
+        let origin = marker
+            .strip_prefix(LEDGER_MARKER)
+            .and_then(|r| r.strip_suffix('\n'))
+            .ok_or_else(|| LedgerError::NotALedger(dir.to_path_buf()))?;
+        if origin != scope.origin() {
+            return Err(LedgerError::WrongScope { found: origin.to_string(), expected: scope.origin() });
+        }
+        let pem_path = dir.join("key.pub.pem");
+        let pem = fs::read_to_string(&pem_path).map_err(io_err(&pem_path))?;
+        let stored = LedgerPublicKey::from_spki_pem(&pem)?;
+        if &stored != key {
+            return Err(LedgerError::WrongKey);
+        }
+        let lock_path = dir.join("lock");
+        let lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .map_err(io_err(&lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => return Err(LedgerError::Busy(dir.to_path_buf())),
+            Err(fs::TryLockError::Error(e)) => return Err(LedgerError::Io { path: lock_path, source: e }),
+        }
+        let (tree, checkpoint, history, removed) = load_state(dir, &scope, key)?;
+        let spares = Spares::open(dir).map_err(io_err(dir))?;
+        let history = Arc::new(Mutex::new(history));
+        let ledger =
+            Ledger { dir: dir.to_path_buf(), scope, key: key.clone(), tree, checkpoint, spares, history, _lock: lock };
+        let mut rec = ledger.scan_pending()?;
+        rec.removed_files = removed;
+        Ok((ledger, rec))
+    }
+
+    /// Re-read the ledger's state from disk after a failed commit left memory ahead of the disk: adopt
+    /// the newest checkpoint, rebuild the tree, delete unacknowledged data, find the OARs without
+    /// outcomes. The lock stays held.
+    pub fn recover(&mut self) -> Result<Recovered, LedgerError> {
+        let (tree, checkpoint, history, removed) = load_state(&self.dir, &self.scope, &self.key)?;
+        self.tree = tree;
+        self.checkpoint = checkpoint;
+        self.history = Arc::new(Mutex::new(history));
+        let mut rec = self.scan_pending()?;
+        rec.removed_files = removed;
+        Ok(rec)
+    }
+
+    fn scan_pending(&self) -> Result<Recovered, LedgerError> {
+        let size = self.checkpoint.head().size;
+        let mut rec = Recovered::default();
+        let mut reader = EntryReader::new(&self.dir, self.scope, size);
+        let mut last_oar = None;
+        let mut i = size;
+        while i > 0 {
+            i -= 1;
+            let e = reader.decoded(i)?;
+            if rec.last_time_ms == 0 {
+                rec.last_time_ms = match &e {
+                    Entry::Oar(o) => o.time_ms,
+                    Entry::Outcome(o) => o.time_ms,
+                };
+            }
+            if let Entry::Oar(o) = e {
+                last_oar = Some((i, o));
+                break;
+            }
+        }
+        let Some((last_index, last)) = last_oar else {
+            return Ok(rec);
+        };
+        rec.next_counter = last.counter + 1;
+        let low = last.low_water;
+        let mut oars: BTreeMap<u64, PendingOar> = BTreeMap::new();
+        let mut done: BTreeSet<u64> = BTreeSet::new();
+        let mut i = size;
+        while i > 0 {
+            i -= 1;
+            match reader.decoded(i)? {
+                Entry::Oar(o) => {
+                    if i == last_index || o.counter >= low {
+                        let leaf = crate::hash::leaf_hash(&reader.raw(i)?);
+                        oars.insert(o.counter, PendingOar { index: i, leaf });
+                    }
+                    if o.counter <= low {
+                        break;
+                    }
+                }
+                Entry::Outcome(o) => {
+                    done.insert(o.counter);
+                }
+            }
+        }
+        oars.retain(|c, _| !done.contains(c));
+        rec.pending = oars;
+        Ok(rec)
+    }
+
+    /// The ledger directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The ledger's scope.
+    pub fn scope(&self) -> LedgerScope {
+        self.scope
+    }
+
+    /// The ledger's public key.
+    pub fn public_key(&self) -> &LedgerPublicKey {
+        &self.key
+    }
+
+    /// The latest durable signed checkpoint.
+    pub fn checkpoint(&self) -> &SignedCheckpoint {
+        &self.checkpoint
+    }
+
+    /// Number of entries appended, including ones not yet committed.
+    pub fn size(&self) -> u64 {
+        self.tree.size()
+    }
+
+    /// Root of all entries appended so far (committed or not).
+    pub fn current_root(&self) -> Result<Hash, LedgerError> {
+        Ok(merkle::root(&self.tree, self.tree.size())?)
+    }
+
+    /// Append one encoded entry in memory; it becomes durable with the next [`Ledger::commit`].
+    pub fn append(&mut self, entry: &[u8]) -> Hash {
+        self.tree.append_entry(entry)
+    }
+
+    /// Make everything appended durable: [`Ledger::prepare`] then [`Prepared::publish`]. On error the
+    /// ledger must be re-read with [`Ledger::recover`] before further use.
+    pub fn commit(&mut self, signer: &LedgerSigner) -> Result<SignedCheckpoint, LedgerError> {
+        self.prepare(signer)?.publish()
+    }
+
+    /// First half of a commit: write every changed tile and bundle under a temporary name, fsync them
+    /// together and rename them into place, while another thread signs a checkpoint over the new head.
+    /// The checkpoint is not written yet: [`Prepared::publish`] does that, and may run on another thread
+    /// while the next batch is prepared (publications must happen in preparation order). On error the
+    /// ledger must be re-read with [`Ledger::recover`] before further use.
+    pub fn prepare(&mut self, signer: &LedgerSigner) -> Result<Prepared, LedgerError> {
+        let changes = self.tree.take_changes();
+        let size = self.tree.size();
+        let root = merkle::root(&self.tree, size)?;
+        let head = TreeHead { size, root };
+        let dir = self.dir.clone();
+        let (signed, written) = std::thread::scope(|s| {
+            let signing = s.spawn(|| SignedCheckpoint::sign(signer, head));
+            let written = stage_changes(&dir, &changes, &self.spares);
+            (signing.join(), written)
+        });
+        let tile_dirs = written?;
+        let cp = match signed {
+            Ok(r) => r.map_err(|source| LedgerError::Checkpoint { path: "checkpoint".into(), source })?,
+            Err(_) => return Err(LedgerError::Unavailable("the signing thread panicked".into())),
+        };
+        // Partial tiles of tiles that are now full are no longer needed (tlog-tiles allows deleting them).
+        let mut obsolete = Vec::new();
+        for (level, n, _, width) in &changes.tiles {
+            if *width == TILE_WIDTH {
+                obsolete.push(dir.join(format!("{}.p", tiles::tile_path(*level, *n, TILE_WIDTH))));
+            }
+        }
+        for (n, _, width) in &changes.bundles {
+            if *width == TILE_WIDTH {
+                obsolete.push(dir.join(format!("{}.p", tiles::entries_path(*n, TILE_WIDTH))));
+            }
+        }
+        self.checkpoint = cp.clone();
+        Ok(Prepared {
+            dir,
+            spares: Arc::clone(&self.spares),
+            history: Arc::clone(&self.history),
+            cp,
+            tile_dirs,
+            obsolete,
+        })
+    }
+
+    /// Inclusion proof of entry `index` in the tree of `size` entries (both within what is appended).
+    pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>, LedgerError> {
+        Ok(merkle::inclusion_proof(&self.tree, index, size.min(self.tree.size()))?)
+    }
+
+    /// Consistency proof between two sizes.
+    pub fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Hash>, LedgerError> {
+        if new > self.tree.size() {
+            return Err(MerkleError::Impossible("size beyond the ledger").into());
+        }
+        Ok(merkle::consistency_proof(&self.tree, old, new)?)
+    }
+
+    /// The bytes of committed entry `index`.
+    pub fn entry(&self, index: u64) -> Result<Vec<u8>, LedgerError> {
+        EntryReader::new(&self.dir, self.scope, self.checkpoint.head().size).raw(index)
+    }
+}
+
+/// Adopt the newest valid checkpoint, make both copies agree, delete data beyond it, rebuild the tree
+/// and check its root.
+fn load_state(
+    dir: &Path,
+    scope: &LedgerScope,
+    key: &LedgerPublicKey,
+) -> Result<(Tree, SignedCheckpoint, History, usize), LedgerError> {
+    let latest = read_checkpoint(dir, scope, key, "checkpoint")?;
+    let (mut history, hist) = History::open(dir, scope, key)?;
+    let hist_text = hist.as_ref().map(|h| h.text().to_string());
+    let cp = match (latest, hist) {
+        (None, None) => {
+            return Err(LedgerError::Corrupt { path: "checkpoint".into(), what: "no checkpoint at all".into() });
+        }
+        (Some(a), None) => a,
+        (None, Some(b)) => b,
+        (Some(a), Some(b)) => {
+            if b.head().size > a.head().size {
+                b
+            } else {
+                a
+            }
+        }
+    };
+    let head = cp.head();
+    // Make both places agree on the adopted checkpoint (a crash can leave either one behind).
+    if hist_text.as_deref() != Some(cp.text()) {
+        history.append(&cp)?;
+    }
+    let latest_path = dir.join("checkpoint");
+    if fs::read(&latest_path).ok().as_deref() != Some(cp.text().as_bytes()) {
+        fsutil::write_durable(&latest_path, cp.text().as_bytes()).map_err(io_err(&latest_path))?;
+    }
+    let removed = truncate_beyond(dir, head.size)?;
+    let tree = Tree::load(dir, head.size, true).map_err(|e| match e {
+        TileError::Malformed { path, what } => LedgerError::Corrupt { path, what },
+        other => LedgerError::Tile(other),
+    })?;
+    let root = merkle::root(&tree, head.size)?;
+    if root != head.root {
+        return Err(LedgerError::Corrupt {
+            path: "tile/".into(),
+            what: format!("tiles give root {root} at size {}, the checkpoint says {}", head.size, head.root),
+        });
+    }
+    Ok((tree, cp, history, removed))
+}
+
+/// A batch whose tiles are written and whose checkpoint is signed but not yet durable.
+#[derive(Debug)]
+#[must_use = "a prepared batch is acknowledged only once published"]
+pub struct Prepared {
+    dir: PathBuf,
+    spares: Arc<Spares>,
+    history: Arc<Mutex<History>>,
+    cp: SignedCheckpoint,
+    tile_dirs: BTreeSet<PathBuf>,
+    obsolete: Vec<PathBuf>,
+}
+
+impl Prepared {
+    /// The signed checkpoint this batch will publish.
+    pub fn checkpoint(&self) -> &SignedCheckpoint {
+        &self.cp
+    }
+
+    /// Second half of a commit: fsync the tiles' directories together with the checkpoint's temporary
+    /// file, rename it over `checkpoint`, then fsync that directory while appending the checkpoint to the
+    /// history (write + fdatasync). The batch is durable, and may be acknowledged, when this returns.
+    pub fn publish(self) -> Result<SignedCheckpoint, LedgerError> {
+        let dir = &self.dir;
+        let mut cp_dirs = BTreeSet::new();
+        let latest = dir.join("checkpoint");
+        let staged = vec![
+            fsutil::stage(&latest, self.cp.text().as_bytes(), &mut cp_dirs, Some(&self.spares))
+                .map_err(io_err(&latest))?,
+        ];
+        fsutil::sync_staged(&staged, &self.tile_dirs).map_err(io_err(dir))?;
+        // The checkpoint goes last: renamed into place and appended to the history only now.
+        fsutil::publish(staged, &mut cp_dirs, Some(&self.spares)).map_err(io_err(dir))?;
+        let (synced, appended) = fsutil::sync_dirs_during(&cp_dirs, || {
+            self.history.lock().unwrap_or_else(std::sync::PoisonError::into_inner).append(&self.cp)
+        });
+        synced.map_err(io_err(dir))?;
+        appended?;
+        for p in &self.obsolete {
+            if let Err(e) = self.spares.retire_dir(p) {
+                tracing::warn!(dir = %p.display(), error = %e, "could not recycle obsolete partial tiles");
+            }
+        }
+        Ok(self.cp)
+    }
+}
+
+fn read_checkpoint(
+    dir: &Path,
+    scope: &LedgerScope,
+    key: &LedgerPublicKey,
+    rel: &str,
+) -> Result<Option<SignedCheckpoint>, LedgerError> {
+    let p = dir.join(rel);
+    let text = match fs::read_to_string(&p) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(LedgerError::Io { path: p, source: e }),
+    };
+    SignedCheckpoint::verify(&text, scope, key)
+        .map(Some)
+        .map_err(|source| LedgerError::Checkpoint { path: rel.to_string(), source })
+}
+
+/// Write changed tiles and bundles under temporary names, fsync them together and rename them into
+/// place; returns the directories whose entries changed (not yet synced).
+fn stage_changes(dir: &Path, changes: &tiles::Changes, spares: &Spares) -> Result<BTreeSet<PathBuf>, LedgerError> {
+    let mut dirty = BTreeSet::new();
+    let mut staged = Vec::with_capacity(changes.tiles.len() + changes.bundles.len());
+    for (level, n, bytes, width) in &changes.tiles {
+        let p = dir.join(tiles::tile_path(*level, *n, *width));
+        staged.push(fsutil::stage(&p, bytes, &mut dirty, Some(spares)).map_err(io_err(&p))?);
+    }
+    for (n, bytes, width) in &changes.bundles {
+        let p = dir.join(tiles::entries_path(*n, *width));
+        staged.push(fsutil::stage(&p, bytes, &mut dirty, Some(spares)).map_err(io_err(&p))?);
+    }
+    fsutil::sync_staged(&staged, &BTreeSet::new()).map_err(io_err(dir))?;
+    fsutil::publish(staged, &mut dirty, Some(spares)).map_err(io_err(dir))?;
+    Ok(dirty)
+}
+
+#[cfg(test)]
+fn write_changes(dir: &Path, changes: &tiles::Changes) -> Result<(), LedgerError> {
+    let spares = Spares::open(dir).map_err(io_err(dir))?;
+    let dirty = stage_changes(dir, changes, &spares)?;
+    fsutil::sync_dirs(&dirty).map_err(io_err(dir))
+}
+
+/// Reads committed entries by index, caching one decoded bundle.
+struct EntryReader<'a> {
+    dir: &'a Path,
+    scope: LedgerScope,
+    size: u64,
+    cached: Option<(u64, Vec<Vec<u8>>)>,
+}
+
+impl<'a> EntryReader<'a> {
+    fn new(dir: &'a Path, scope: LedgerScope, size: u64) -> Self {
+        Self { dir, scope, size, cached: None }
+    }
+
+    fn raw(&mut self, index: u64) -> Result<Vec<u8>, LedgerError> {
+        let size = self.size;
+        if index >= size {
+            return Err(MerkleError::Impossible("entry index beyond the checkpoint").into());
+        }
+        let n = index / TILE_WIDTH as u64;
+        let pos = usize::try_from(index % TILE_WIDTH as u64).unwrap_or(0);
+        if self.cached.as_ref().map(|(c, _)| *c) != Some(n) {
+            let width = if (n + 1) * TILE_WIDTH as u64 <= size {
+                TILE_WIDTH
+            } else {
+                usize::try_from(size % TILE_WIDTH as u64).unwrap_or(0)
+            };
+            let rel = tiles::entries_path(n, width);
+            let p = self.dir.join(&rel);
+            let bytes = fs::read(&p).map_err(io_err(&p))?;
+            let entries =
+                tiles::decode_bundle(&bytes, width).map_err(|what| LedgerError::Corrupt { path: rel, what })?;
+            self.cached = Some((n, entries.into_iter().map(<[u8]>::to_vec).collect()));
+        }
+        let (_, entries) = self.cached.as_ref().ok_or(MerkleError::Impossible("bundle cache"))?;
+        Ok(entries[pos].clone())
+    }
+
+    fn decoded(&mut self, index: u64) -> Result<Entry, LedgerError> {
+        let raw = self.raw(index)?;
+        let e = Entry::decode(&raw).map_err(|source| LedgerError::Entry { index, source })?;
+        if e.scope() != self.scope {
+            return Err(LedgerError::Corrupt {
+                path: "tile/entries".into(),
+                what: format!("entry {index} names {}", e.scope()),
+            });
+        }
+        Ok(e)
+    }
+}
+
+/// Call `f` with the path (relative to `root`, `/`-separated) of every file under `root`.
+pub(crate) fn walk_files(root: &Path, f: &mut dyn FnMut(&str)) -> io::Result<()> {
+    fn go(root: &Path, dir: &Path, f: &mut dyn FnMut(&str)) -> io::Result<()> {
+        let mut entries: Vec<_> = fs::read_dir(dir)?.collect::<Result<_, _>>()?;
+        entries.sort_by_key(fs::DirEntry::file_name);
+        for e in entries {
+            let p = e.path();
+            if e.file_type()?.is_dir() {
+                go(root, &p, f)?;
+            } else if let Ok(rel) = p.strip_prefix(root) {
+                let rel = rel.to_string_lossy().replace(std::path::MAIN_SEPARATOR, "/");
+                f(&rel);
+            }
+        }
+        Ok(())
+    }
+    go(root, root, f)
+}
+
+/// A tile-area file name, parsed: `(level or None for entries, index, width)`.
+pub(crate) fn parse_tile_rel(rel: &str) -> Option<(Option<u8>, u64, usize)> {
+    let rest = rel.strip_prefix("tile/")?;
+    let (kind, rest) = rest.split_once('/')?;
+    let level = if kind == "entries" {
+        None
+    } else {
+        let l: u8 = kind.parse().ok()?;
+        if l.to_string() != kind || l > 63 {
+            return None;
+        }
+        Some(l)
+    };
+    let (idx, width) = match rest.split_once(".p/") {
+        Some((idx, w)) => {
+            let width: usize = w.parse().ok()?;
+            if width.to_string() != w || !(1..TILE_WIDTH).contains(&width) {
+                return None;
+            }
+            (idx, width)
+        }
+        None => (rest, TILE_WIDTH),
+    };
+    Some((level, tiles::parse_index_path(idx)?, width))
+}
+
+/// Whether tile (`level`, `n`, `width`) is part of the tree of `size` leaves.
+pub(crate) fn tile_within(level: u8, n: u64, width: usize, size: u64) -> bool {
+    let span = 1u128 << (8 * u32::from(level));
+    let end = (u128::from(n) * TILE_WIDTH as u128 + width as u128) * span;
+    end <= u128::from(size)
+}
+
+/// Delete tiles and bundles beyond `size` and leftover temporary files.
+fn truncate_beyond(dir: &Path, size: u64) -> Result<usize, LedgerError> {
+    let tile_root = dir.join("tile");
+    if !tile_root.is_dir() {
+        return Ok(0);
+    }
+    let mut doomed = Vec::new();
+    walk_files(dir, &mut |rel| {
+        if rel.ends_with(TMP_SUFFIX) {
+            doomed.push(rel.to_string());
+            return;
+        }
+        if !rel.starts_with("tile/") {
+            return;
+        }
+        match parse_tile_rel(rel) {
+            Some((level, n, width)) if tile_within(level.unwrap_or(0), n, width, size) => {}
+            Some(_) => doomed.push(rel.to_string()),
+            None => tracing::warn!(file = rel, "unexpected file in the ledger's tile area"),
+        }
+    })
+    .map_err(io_err(dir))?;
+    for rel in &doomed {
+        let p = dir.join(rel);
+        fs::remove_file(&p).map_err(io_err(&p))?;
+        if let Some(parent) = p.parent()
+            && parent.extension().is_some_and(|e| e == "p")
+        {
+            let _ = fs::remove_dir(parent);
+        }
+    }
+    if !doomed.is_empty() {
+        tracing::warn!(
+            ledger = %dir.display(),
+            files = doomed.len(),
+            "removed ledger data written after the last checkpoint (never acknowledged)"
+        );
+    }
+    Ok(doomed.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::TenantId;
+    use crate::oar::{Entry, Oar};
+    use crate::signer::SignerSeed;
+
+    fn setup(dir: &Path) -> (Ledger, LedgerSigner) {
+        let signer =
+            LedgerSigner::new(LedgerScope::Tenant(TenantId::random().unwrap()), &SignerSeed::generate().unwrap())
+                .unwrap();
+        let (l, rec) = Ledger::create(dir, &signer).unwrap();
+        assert_eq!(rec, Recovered::default());
+        (l, signer)
+    }
+
+    fn entry(scope: LedgerScope, counter: u64) -> Vec<u8> {
+        let mut o: Oar = crate::oar::tests::sample_oar(scope);
+        o.counter = counter;
+        o.low_water = counter;
+        Entry::Oar(o).encode().unwrap()
+    }
+
+    #[test]
+    fn create_refuses_existing_and_open_refuses_non_ledgers() {
+        let d = tempfile::tempdir().unwrap();
+        let (l, signer) = setup(&d.path().join("l"));
+        drop(l);
+        assert!(matches!(Ledger::create(&d.path().join("l"), &signer), Err(LedgerError::Exists(_))));
+        std::fs::create_dir(d.path().join("empty")).unwrap();
+        assert!(matches!(
+            Ledger::open(&d.path().join("empty"), signer.scope(), signer.public_key()),
+            Err(LedgerError::NotALedger(_))
+        ));
+    }
+
+    #[test]
+    fn unacknowledged_writes_are_truncated_and_acknowledged_ones_kept() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("l");
+        let (mut l, signer) = setup(&dir);
+        let scope = signer.scope();
+        for c in 0..300 {
+            l.append(&entry(scope, c));
+        }
+        let acked = l.commit(&signer).unwrap().head();
+        // A batch written to tiles but never checkpointed (the process died before the checkpoint).
+        for c in 300..700 {
+            l.append(&entry(scope, c));
+        }
+        let ch = l.tree.take_changes();
+        write_changes(&dir, &ch).unwrap();
+        assert!(dir.join("tile/0/001").exists() && dir.join("tile/entries/002.p/188").exists());
+        // And a leftover temporary file.
+        std::fs::write(dir.join("tile/0/x.bulwark-tmp"), b"junk").unwrap();
+        drop(l);
+        let (l, rec) = Ledger::open(&dir, scope, signer.public_key()).unwrap();
+        assert_eq!(l.checkpoint().head(), acked);
+        assert!(rec.removed_files >= 5, "{rec:?}");
+        assert!(!dir.join("tile/0/001").exists() && !dir.join("tile/entries/002.p/188").exists());
+        assert!(dir.join("tile/0/000").exists() && dir.join("tile/0/001.p/44").exists());
+        assert_eq!(Entry::decode(&l.entry(299).unwrap()).unwrap().scope(), scope);
+        assert_eq!(rec.next_counter, 300);
+        assert_eq!(rec.pending.len(), 1, "only the newest OAR has a low-water mark at itself");
+    }
+
+    #[test]
+    fn checkpoint_copies_are_reconciled_and_corruption_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("l");
+        let (mut l, signer) = setup(&dir);
+        let scope = signer.scope();
+        l.append(&entry(scope, 0));
+        let one = l.commit(&signer).unwrap();
+        l.append(&entry(scope, 1));
+        let two = l.commit(&signer).unwrap();
+        drop(l);
+        // Crash between the history copy and `checkpoint`: the newest valid one is adopted.
+        std::fs::write(dir.join("checkpoint"), one.text()).unwrap();
+        let (l, _) = Ledger::open(&dir, scope, signer.public_key()).unwrap();
+        assert_eq!(l.checkpoint(), &two);
+        assert_eq!(read_identity(&dir).unwrap(), (scope, signer.public_key().clone()));
+        assert_eq!(std::fs::read_to_string(dir.join("checkpoint")).unwrap(), two.text());
+        drop(l);
+        // A tile that contradicts the signed root is refused, not repaired.
+        let tile = dir.join("tile/0/000.p/2");
+        let mut b = std::fs::read(&tile).unwrap();
+        b[0] ^= 1;
+        std::fs::write(&tile, &b).unwrap();
+        assert!(matches!(Ledger::open(&dir, scope, signer.public_key()), Err(LedgerError::Corrupt { .. })));
+        // A forged checkpoint is refused.
+        std::fs::write(&tile, {
+            b[0] ^= 1;
+            &b
+        })
+        .unwrap();
+        std::fs::write(dir.join("checkpoint"), two.text().replace("\n2\n", "\n3\n")).unwrap();
+        assert!(matches!(Ledger::open(&dir, scope, signer.public_key()), Err(LedgerError::Checkpoint { .. })));
+    }
+
+    #[test]
+    fn tile_names() {
+        assert_eq!(parse_tile_rel("tile/0/000.p/5"), Some((Some(0), 0, 5)));
+        assert_eq!(parse_tile_rel("tile/entries/x001/002"), Some((None, 1002, 256)));
+        assert_eq!(parse_tile_rel("tile/00/000"), None);
+        assert_eq!(parse_tile_rel("tile/0/000.p/256"), None);
+        assert_eq!(parse_tile_rel("tile/0/000.p/05"), None);
+        assert!(tile_within(0, 0, 5, 5) && !tile_within(0, 0, 6, 5));
+        assert!(tile_within(1, 0, 1, 256) && !tile_within(1, 0, 2, 256 * 2 - 1));
+    }
+}
