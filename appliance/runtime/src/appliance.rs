@@ -10,18 +10,25 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bulwark_boot::profile::HwProfile;
+use bulwark_ledger::oar::{Actor, Commitment, Digest, OarDraft, OpKind, Outcome, Role, RuntimeState, Target};
+use bulwark_ledger::signer::KeyError;
+use bulwark_ledger::{Attested, Gate, Hash, LedgerError, LedgerPublicKey, LedgerSigner, Receipt, SignerSeed};
 use bulwark_tpm::{LivenessSlot, PcrIndex, SealPolicy, SealedObject, TpmError, UnsealAuth};
 use rand::RngCore;
-use sha2::{Digest, Sha256};
+use sha2::Digest as _;
+use sha2::Sha256;
 use zeroize::Zeroizing;
 
 use crate::datadir::{ApplianceConfig, DataDir, DataDirError, LAYOUT_VERSION, write_durable};
-use crate::ids::TenantId;
+use crate::ids::{ApplianceId, IdError, TenantId};
 use crate::machine::{Machine, MachineError};
 use crate::measure::{self, MeasureError};
 use crate::registry::{Registry, RegistryError, SlotNumber, TenantRecord};
 use crate::secret::SecretKey;
-use crate::vault::{Vault, VaultError};
+use crate::vault::{RecordInfo, Vault, VaultError};
+
+/// Where a tenant's ML-DSA-65 signing seed is kept: in its vault's metadata, encrypted under its DEK.
+const SIGNING_SEED: &str = "signing-seed";
 
 /// What can go wrong running the appliance.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +65,9 @@ pub enum ApplianceError {
     /// The tenant was deleted (its liveness bit is set) and can never be unsealed again.
     #[error("tenant {0} was deleted: its key is shredded in the TPM and cannot be unsealed")]
     Shredded(TenantId),
+    /// The appliance's own key no longer unseals: the measured state changed.
+    #[error("measured state changed: the appliance signing key is sealed to a different machine state ({0})")]
+    ApplianceStateChanged(String),
     /// The recovery secret is wrong.
     #[error("the recovery secret does not match tenant {0}")]
     WrongRecoverySecret(TenantId),
@@ -78,6 +88,21 @@ pub enum ApplianceError {
     /// The appliance has used every TPM liveness slot it can address.
     #[error("no TPM liveness slot left for a new tenant (slot counter at {0})")]
     SlotsExhausted(u64),
+    /// The ledger refused: nothing was done (the OAR could not be made durable) or the ledger is damaged.
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    /// A signing key could not be derived.
+    #[error("signing key")]
+    Key(#[from] KeyError),
+    /// No randomness for a fresh id.
+    #[error(transparent)]
+    Id(#[from] IdError),
+    /// An OAR field could not be built.
+    #[error("cannot build the operation's attestation record")]
+    Entry(#[from] bulwark_ledger::oar::EntryError),
+    /// Export of the auditor bundle failed.
+    #[error(transparent)]
+    Export(#[from] bulwark_ledger::ExportError),
     /// Any other TPM failure.
     #[error(transparent)]
     Tpm(#[from] TpmError),
@@ -121,9 +146,14 @@ impl RecoverySecret {
 
     /// The TPM authValue of the recovery branch: SHA-256 over a label, the tenant id and the secret.
     fn auth_value(&self, tenant: TenantId) -> Zeroizing<[u8; 32]> {
+        self.auth_value_for(tenant.as_bytes())
+    }
+
+    /// The same for any 16-byte owner id (a tenant or the appliance).
+    fn auth_value_for(&self, owner: &[u8; 16]) -> Zeroizing<[u8; 32]> {
         let mut h = Sha256::new();
         h.update(b"bulwark/recovery-auth/v1\0");
-        h.update(tenant.as_bytes());
+        h.update(owner);
         h.update(self.0.expose_secret());
         Zeroizing::new(h.finalize().into())
     }
@@ -144,13 +174,120 @@ pub struct CreatedTenant {
     pub recovery: RecoverySecret,
 }
 
-/// A tenant whose KEK was unsealed: its open vault. Dropping it zeroizes the keys.
+/// A tenant whose KEK was unsealed: its open vault and its ledger gate. Every operation goes through the
+/// gate first: its OAR is signed and durable before the vault is touched, and its outcome is appended
+/// after. Dropping it zeroizes the keys.
 #[derive(Debug)]
 pub struct UnlockedTenant {
     /// The tenant.
     pub record: TenantRecord,
-    /// Its vault, open with its DEK.
-    pub vault: Vault,
+    vault: Vault,
+    gate: Gate,
+    ledger_dir: std::path::PathBuf,
+}
+
+/// Who acts through the CLI. Until the TLS API authenticates callers, the CLI's actor is the tenant's
+/// user role with no subject.
+fn cli_actor() -> Actor {
+    Actor { role: Role::TenantUser, subject: Digest::None }
+}
+
+fn salted(label: &str, value: &[u8]) -> Result<Digest, ApplianceError> {
+    let (c, _opening) = Commitment::salted(label, value)?;
+    Ok(Digest::Salted(c))
+}
+
+impl UnlockedTenant {
+    /// Attests `op` on `target`, runs `f` with the token, appends the outcome, and returns `f`'s result
+    /// with the receipt of the OAR.
+    fn attested<T>(
+        &self,
+        op: OpKind,
+        target: Target,
+        params: Digest,
+        f: impl FnOnce(&Attested) -> Result<T, VaultError>,
+        result: impl FnOnce(&T) -> Result<Digest, ApplianceError>,
+    ) -> Result<(T, Receipt), ApplianceError> {
+        let token = self.gate.attest(OarDraft::new(cli_actor(), op, target, params))?;
+        let receipt = token.receipt().clone();
+        match f(&token) {
+            Ok(v) => {
+                let d = result(&v)?;
+                self.gate.complete(token, Outcome::success(d))?;
+                Ok((v, receipt))
+            }
+            Err(e) => {
+                self.gate.complete(token, Outcome::failure(Digest::None))?;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Stores `value` under `key`; returns the new version and the OAR's receipt.
+    pub fn put(&self, key: &str, value: &[u8]) -> Result<(u64, Receipt), ApplianceError> {
+        let target = self.vault.key_target(key)?;
+        let params = salted("vault/value", value)?;
+        self.attested(OpKind::VaultPut, target, params, |t| self.vault.put(t, key, value), |_| Ok(Digest::None))
+    }
+
+    /// Reads the record under `key`.
+    pub fn get(&self, key: &str) -> Result<(Zeroizing<Vec<u8>>, Receipt), ApplianceError> {
+        let target = self.vault.key_target(key)?;
+        self.attested(OpKind::VaultGet, target, Digest::None, |t| self.vault.get(t, key), |v| salted("vault/value", v))
+    }
+
+    /// Lists the records.
+    pub fn list(&self) -> Result<(Vec<RecordInfo>, Receipt), ApplianceError> {
+        self.attested(OpKind::VaultList, Target::None, Digest::None, |t| self.vault.list(t), |_| Ok(Digest::None))
+    }
+
+    /// Deletes the record under `key`.
+    pub fn delete(&self, key: &str) -> Result<Receipt, ApplianceError> {
+        let target = self.vault.key_target(key)?;
+        self.attested(OpKind::VaultDelete, target, Digest::None, |t| self.vault.delete(t, key), |_| Ok(Digest::None))
+            .map(|((), r)| r)
+    }
+
+    /// Checks the whole vault.
+    pub fn verify(&self) -> Result<(usize, Receipt), ApplianceError> {
+        self.attested(OpKind::VaultList, Target::None, Digest::None, |t| self.vault.verify(t), |_| Ok(Digest::None))
+    }
+
+    /// The tenant's ML-DSA-65 public key.
+    pub fn public_key(&self) -> &LedgerPublicKey {
+        self.gate.public_key()
+    }
+
+    /// Writes the auditor bundle for this tenant to `out`. The export is attested first; its outcome names
+    /// the tenant ledger head being exported, and the bundle is that snapshot (it includes its own OAR).
+    pub fn export(&self, appliance: &ApplianceLedger, out: &std::path::Path) -> Result<(), ApplianceError> {
+        let token = self.gate.attest(OarDraft::new(cli_actor(), OpKind::Export, Target::None, Digest::None))?;
+        let head = self.gate.head();
+        let d = Digest::Public(Hash::of_parts(&[b"bulwark/export-head/v1", &head.size.to_be_bytes(), &head.root.0]));
+        self.gate.complete(token, Outcome::success(d))?;
+        bulwark_ledger::export_bundle(
+            &self.ledger_dir,
+            &appliance.dir,
+            self.public_key(),
+            appliance.gate.public_key(),
+            out,
+        )?;
+        Ok(())
+    }
+}
+
+/// The appliance's own ledger (tenant lifecycle, keys published), open with the appliance's key.
+#[derive(Debug)]
+pub struct ApplianceLedger {
+    dir: std::path::PathBuf,
+    gate: Gate,
+}
+
+impl ApplianceLedger {
+    /// The appliance's ML-DSA-65 public key.
+    pub fn public_key(&self) -> &LedgerPublicKey {
+        self.gate.public_key()
+    }
 }
 
 /// A measured, provisioned appliance with its TPM open.
@@ -167,6 +304,12 @@ fn liveness_of(slot: SlotNumber) -> Result<LivenessSlot, ApplianceError> {
         .ok()
         .and_then(LivenessSlot::from_counter)
         .ok_or(ApplianceError::SlotsExhausted(slot.0))
+}
+
+/// Who acts on the appliance ledger through the CLI: the operator role, no subject until the TLS API
+/// authenticates callers.
+fn operator_actor() -> Actor {
+    Actor { role: Role::Operator, subject: Digest::None }
 }
 
 fn now_unix() -> u64 {
@@ -190,12 +333,13 @@ pub fn resolve_profile(choice: &str) -> Result<(HwProfile, Vec<u8>), ApplianceEr
 
 impl Appliance {
     /// Provisions data dir `dd`: writes config and profile, creates the SRK, measures the runtime.
+    /// Returns the appliance and the appliance key's one-time recovery secret.
     pub fn init(
         dd: DataDir,
         tpm_choice: &str,
         profile_choice: Option<&str>,
         danger_dev_unbound_executable: bool,
-    ) -> Result<Self, ApplianceError> {
+    ) -> Result<(Self, RecoverySecret), ApplianceError> {
         if dd.is_initialised() {
             return Err(DataDirError::AlreadyInitialised(dd.root().to_path_buf()).into());
         }
@@ -210,6 +354,7 @@ impl Appliance {
         let config = ApplianceConfig {
             layout_version: LAYOUT_VERSION,
             profile: profile.id().to_string(),
+            appliance_id: ApplianceId::random()?.to_string(),
             danger_dev_unbound_executable,
         };
         // Reach the TPM and create the SRK before anything is written, so a failed init leaves nothing
@@ -219,12 +364,78 @@ impl Appliance {
             machine.tpm.ensure_srk()?;
         }
         dd.initialise(&config, &bytes)?;
-        Self::open(dd, tpm_choice)
+        let mut me = Self::open_unchecked(dd, tpm_choice)?;
+        let recovery = me.create_appliance_key()?;
+        Ok((me, recovery))
+    }
+
+    /// Creates the appliance's signing key (sealed like a tenant KEK, with its own liveness slot and
+    /// recovery secret) and its ledger.
+    fn create_appliance_key(&mut self) -> Result<RecoverySecret, ApplianceError> {
+        let aid = self.appliance_id()?;
+        let slot = self.registry_mut()?.allocate_slot()?;
+        let policy = self.seal_policy(slot)?;
+        let seed = SignerSeed::generate()?;
+        let recovery = RecoverySecret::random();
+        let auth = recovery.auth_value_for(aid.as_bytes());
+        let sealed = self.machine.tpm.seal(seed.expose_secret(), &policy, &auth[..])?;
+        let dir = self.dd.appliance_dir();
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let path = dir.join("key.sealed");
+        write_durable(&path, &sealed.to_bytes()).map_err(io(&path))?;
+        let signer = LedgerSigner::appliance(aid, &seed)?;
+        Gate::create(&dir.join("ledger"), signer, self.runtime_state()?)?.close()?;
+        Ok(recovery)
+    }
+
+    fn appliance_id(&self) -> Result<ApplianceId, ApplianceError> {
+        let (_, config) = self.dd.load_config()?;
+        Ok(config.appliance_id.parse::<ApplianceId>()?)
+    }
+
+    fn runtime_state(&self) -> Result<RuntimeState, ApplianceError> {
+        let alg = self.profile.seal_bank().tcg_id();
+        Ok(RuntimeState::new(self.measured.pcr, alg, self.measured.value.clone())?)
+    }
+
+    /// Opens the appliance ledger: unseals the appliance's signing key (the measured state must hold).
+    pub fn appliance_ledger(&mut self) -> Result<ApplianceLedger, ApplianceError> {
+        let aid = self.appliance_id()?;
+        let path = self.dd.appliance_dir().join("key.sealed");
+        let bytes = std::fs::read(&path).map_err(io(&path))?;
+        let sealed = SealedObject::from_bytes(&bytes).map_err(|e| ApplianceError::Profile(format!(
+            "the appliance key {} is corrupt: {e}",
+            path.display()
+        )))?;
+        let secret = self.machine.tpm.unseal(&sealed, UnsealAuth::MeasuredState).map_err(|e| match e {
+            TpmError::MeasuredStateChanged { .. } => ApplianceError::ApplianceStateChanged(e.to_string()),
+            other => ApplianceError::Tpm(other),
+        })?;
+        let mut raw = Zeroizing::new([0u8; 32]);
+        if secret.expose_secret().len() != 32 {
+            return Err(ApplianceError::Profile("the appliance key does not unseal to 32 bytes".into()));
+        }
+        raw.copy_from_slice(secret.expose_secret());
+        let seed = SignerSeed::from_bytes(&mut raw);
+        let dir = self.dd.appliance_dir().join("ledger");
+        let gate = Gate::open(&dir, LedgerSigner::appliance(aid, &seed)?, self.runtime_state()?)?;
+        Ok(ApplianceLedger { dir, gate })
     }
 
     /// Opens a provisioned appliance: loads config and profile, opens the TPM and runs the runtime
     /// measurement stage (first run in a TPM boot cycle measures, later runs verify).
     pub fn open(dd: DataDir, tpm_choice: &str) -> Result<Self, ApplianceError> {
+        let me = Self::open_unchecked(dd, tpm_choice)?;
+        if !me.dd.appliance_dir().join("key.sealed").exists() {
+            return Err(ApplianceError::Profile(format!(
+                "{} was not fully initialised (no appliance key); remove it and run init again",
+                me.dd.root().display()
+            )));
+        }
+        Ok(me)
+    }
+
+    fn open_unchecked(dd: DataDir, tpm_choice: &str) -> Result<Self, ApplianceError> {
         let (config_bytes, config) = dd.load_config()?;
         let profile_bytes = dd.load_profile_bytes()?;
         let profile = HwProfile::from_bytes(&profile_bytes).map_err(|e| ApplianceError::Profile(e.to_string()))?;
@@ -303,7 +514,27 @@ impl Appliance {
         if registry.list()?.iter().any(|t| t.name == name) {
             return Err(RegistryError::NameTaken(name.to_string()).into());
         }
-        let id = TenantId::random();
+        let id = TenantId::random()?;
+        let seed = SignerSeed::generate()?;
+        let signer = LedgerSigner::tenant(id, &seed)?;
+        // The appliance ledger records the creation, with the tenant's public key, before it happens.
+        let appliance = self.appliance_ledger()?;
+        let token = appliance.gate.attest(OarDraft::tenant_created(operator_actor(), id, signer.public_key()))?;
+        let created = self.create_tenant_files(id, name, &registry, &seed, signer);
+        let outcome = if created.is_ok() { Outcome::success(Digest::None) } else { Outcome::failure(Digest::None) };
+        appliance.gate.complete(token, outcome)?;
+        appliance.gate.close()?;
+        created
+    }
+
+    fn create_tenant_files(
+        &mut self,
+        id: TenantId,
+        name: &str,
+        registry: &Registry,
+        seed: &SignerSeed,
+        signer: LedgerSigner,
+    ) -> Result<CreatedTenant, ApplianceError> {
         let slot = registry.allocate_slot()?;
         let policy = self.seal_policy(slot)?;
         let kek = SecretKey::random();
@@ -313,7 +544,12 @@ impl Appliance {
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         let sealed_path = dir.join("kek.sealed");
         write_durable(&sealed_path, &sealed.to_bytes()).map_err(io(&sealed_path))?;
-        Vault::create(&dir.join("vault.redb"), id, &kek)?;
+        let vault = Vault::create(&dir.join("vault.redb"), id, &kek)?;
+        let mut seed_copy = Zeroizing::new(seed.expose_secret().to_vec());
+        let seed_key = SecretKey::take_from(&mut seed_copy[..])
+            .ok_or_else(|| ApplianceError::Profile("signing seed is not 32 bytes".into()))?;
+        vault.put_secret(SIGNING_SEED, &seed_key)?;
+        Gate::create(&dir.join("ledger"), signer, self.runtime_state()?)?.close()?;
         let record = TenantRecord { id, name: name.to_string(), created_unix: now_unix(), slot };
         // The registry entry comes last: a crash before it leaves an orphan dir, never a listed tenant
         // without a sealed key.
@@ -367,8 +603,13 @@ impl Appliance {
     pub fn unlock(&mut self, id: TenantId) -> Result<UnlockedTenant, ApplianceError> {
         let record = self.registry()?.get(id)?;
         let kek = self.unseal_kek(id, UnsealAuth::MeasuredState)?;
-        let vault = Vault::open(&self.dd.tenant_dir(&id).join("vault.redb"), id, &kek)?;
-        Ok(UnlockedTenant { record, vault })
+        let dir = self.dd.tenant_dir(&id);
+        let vault = Vault::open(&dir.join("vault.redb"), id, &kek)?;
+        let mut raw = Zeroizing::new(*vault.get_secret(SIGNING_SEED)?.expose_secret());
+        let seed = SignerSeed::from_bytes(&mut raw);
+        let ledger_dir = dir.join("ledger");
+        let gate = Gate::open(&ledger_dir, LedgerSigner::tenant(id, &seed)?, self.runtime_state()?)?;
+        Ok(UnlockedTenant { record, vault, gate, ledger_dir })
     }
 
     /// Deletes tenant `id` irreversibly: sets its TPM liveness bit first (after which no copy of its sealed
@@ -376,13 +617,24 @@ impl Appliance {
     pub fn delete_tenant(&mut self, id: TenantId) -> Result<TenantRecord, ApplianceError> {
         let registry = self.registry_mut()?;
         let record = registry.get(id)?;
+        let appliance = self.appliance_ledger()?;
+        let draft = OarDraft::new(operator_actor(), OpKind::TenantDelete, Target::Tenant(id), Digest::None);
+        let token = appliance.gate.attest(draft)?;
+        let done = self.shred(id, &registry, &record);
+        let outcome = if done.is_ok() { Outcome::success(Digest::None) } else { Outcome::failure(Digest::None) };
+        appliance.gate.complete(token, outcome)?;
+        appliance.gate.close()?;
+        done.map(|()| record)
+    }
+
+    fn shred(&mut self, id: TenantId, registry: &Registry, record: &TenantRecord) -> Result<(), ApplianceError> {
         self.machine.tpm.liveness_kill(liveness_of(record.slot)?)?;
         let dir = self.dd.tenant_dir(&id);
         if dir.exists() {
             std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
         }
         registry.remove(id)?;
-        Ok(record)
+        Ok(())
     }
 
     /// Reseals tenant `id`'s KEK to the current measured state. Without a recovery secret the old measured
@@ -417,7 +669,7 @@ mod tests {
         let text = r.expose_text();
         assert_eq!(text.len(), 64 + 7);
         let back = RecoverySecret::parse(&text.to_uppercase()).unwrap();
-        let t = TenantId::random();
+        let t = TenantId::random().unwrap();
         assert_eq!(*back.auth_value(t), *r.auth_value(t));
         assert!(!format!("{r:?}").contains(&text[..8]));
         assert!(RecoverySecret::parse("abc").is_err());

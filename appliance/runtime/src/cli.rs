@@ -35,6 +35,12 @@ pub enum Command {
     /// Store and read a tenant's records.
     #[command(subcommand)]
     Vault(VaultCmd),
+    /// The attestation ledgers.
+    #[command(subcommand)]
+    Ledger(LedgerCmd),
+    /// The appliance itself.
+    #[command(subcommand)]
+    Appliance(ApplianceCmd),
     /// Measured-boot tools that need no TPM.
     #[command(subcommand)]
     Boot(BootCmd),
@@ -77,6 +83,12 @@ pub enum TenantCmd {
     },
     /// List tenants (no secrets, no unsealing).
     List,
+    /// Print the tenant's ML-DSA-65 public key (SPKI PEM), for an auditor to pin.
+    Pubkey {
+        /// Which tenant.
+        #[command(flatten)]
+        sel: TenantSel,
+    },
     /// Delete a tenant irreversibly: its TPM liveness bit is set first (crypto-shred), then its files go.
     Delete {
         /// Which tenant.
@@ -134,6 +146,27 @@ pub enum VaultCmd {
         #[command(flatten)]
         sel: TenantSel,
     },
+}
+
+/// `bulwark ledger …`.
+#[derive(Debug, Subcommand)]
+pub enum LedgerCmd {
+    /// Write an auditor bundle (tiles, entries, every checkpoint, public keys) for one tenant.
+    Export {
+        /// Which tenant.
+        #[command(flatten)]
+        sel: TenantSel,
+        /// The bundle directory to create (must not exist or be empty).
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+/// `bulwark appliance …`.
+#[derive(Debug, Subcommand)]
+pub enum ApplianceCmd {
+    /// Print the appliance's ML-DSA-65 public key (SPKI PEM), which signs the appliance ledger.
+    Pubkey,
 }
 
 /// `bulwark boot …`.

@@ -7,7 +7,10 @@
 //! D/registry.redb           tenant registry: names, liveness slots, nothing secret
 //! D/swtpm/                  state of the managed swtpm (only with --tpm auto and no TPM device)
 //! D/tenants/<id>/kek.sealed the tenant's KEK, sealed by the TPM
-//! D/tenants/<id>/vault.redb the tenant's records
+//! D/tenants/<id>/vault.redb the tenant's records (and its signing seed, under its DEK)
+//! D/tenants/<id>/ledger/    the tenant's attestation ledger (tlog tiles, signed checkpoints)
+//! D/appliance/key.sealed    the appliance's signing seed, sealed by the TPM
+//! D/appliance/ledger/       the appliance ledger (tenant lifecycle, keys published)
 //! ```
 
 use std::fs;
@@ -63,6 +66,8 @@ pub struct ApplianceConfig {
     pub layout_version: u32,
     /// Id of the active hardware profile (its bytes are in `D/profile.toml`).
     pub profile: String,
+    /// This appliance's id (32 hex digits): names its ledger and its signing key's context.
+    pub appliance_id: String,
     /// Development only: measure a fixed label instead of the executable's bytes, so tenants survive
     /// rebuilds of the binary. Set only by `init --danger-dev-unbound-executable`; the flag is itself
     /// part of the measured config, so a tenant sealed in this mode never unseals in production mode.
@@ -128,6 +133,10 @@ impl DataDir {
     pub fn swtpm_dir(&self) -> PathBuf {
         self.root.join("swtpm")
     }
+    /// `D/appliance`: the appliance's sealed signing key and its ledger.
+    pub fn appliance_dir(&self) -> PathBuf {
+        self.root.join("appliance")
+    }
     /// `D/tenants/<id>`.
     pub fn tenant_dir(&self, id: &crate::ids::TenantId) -> PathBuf {
         self.root.join("tenants").join(id.to_string())
@@ -187,7 +196,12 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let dd = DataDir::new(d.path()).unwrap();
         assert!(matches!(dd.load_config(), Err(DataDirError::NotInitialised(_))));
-        let cfg = ApplianceConfig { layout_version: 1, profile: "dev-swtpm".into(), danger_dev_unbound_executable: false };
+        let cfg = ApplianceConfig {
+            layout_version: 1,
+            profile: "dev-swtpm".into(),
+            appliance_id: "00".repeat(16),
+            danger_dev_unbound_executable: false,
+        };
         dd.initialise(&cfg, b"profile").unwrap();
         let (bytes, back) = dd.load_config().unwrap();
         assert_eq!(back, cfg);
@@ -199,7 +213,7 @@ mod tests {
     fn unknown_config_keys_are_refused() {
         let d = tempfile::tempdir().unwrap();
         let dd = DataDir::new(d.path()).unwrap();
-        std::fs::write(dd.config_path(), "layout_version = 1\nprofile = \"x\"\nsurprise = true\n").unwrap();
+        std::fs::write(dd.config_path(), "layout_version = 1\nprofile = \"x\"\nappliance_id = \"y\"\nsurprise = true\n").unwrap();
         assert!(matches!(dd.load_config(), Err(DataDirError::BadConfig { .. })));
     }
 }

@@ -24,7 +24,7 @@ pub fn run(parent: &Path, tpm_choice: &str) -> Fallible {
 
     step(1, "Provision the appliance: choose the hardware profile, create the TPM storage root key, measure the runtime.");
     let dd = DataDir::new(&root)?;
-    let mut app = Appliance::init(dd.clone(), tpm_choice, None, false)?;
+    let (mut app, _appliance_recovery) = Appliance::init(dd.clone(), tpm_choice, None, false)?;
     let managed = app.machine_mut().is_managed_swtpm();
     println!(
         "    TPM: {}{}; profile {}; runtime PCR {} = {}",
@@ -41,23 +41,24 @@ pub fn run(parent: &Path, tpm_choice: &str) -> Fallible {
     println!("    legal   = {}", legal.record.id);
     println!("    trading = {}", trading.record.id);
     println!("    (each got a one-time recovery secret; the walkthrough does not print them)");
+    println!("    the appliance ledger recorded both creations, with each tenant's ML-DSA-65 public key");
 
     step(3, "Store data in each tenant's vault (only that tenant's KEK is unsealed for each write).");
     {
         let t = app.unlock(legal.record.id)?;
-        t.vault.put("contract-2026-001", b"Indemnity capped at EUR 2M; governed by Irish law.")?;
+        t.put("contract-2026-001", b"Indemnity capped at EUR 2M; governed by Irish law.")?;
         println!("    legal:   stored contract-2026-001");
     }
     {
         let t = app.unlock(trading.record.id)?;
-        t.vault.put("limit/desk-7", b"Intraday VaR limit 1.2M")?;
+        t.put("limit/desk-7", b"Intraday VaR limit 1.2M")?;
         println!("    trading: stored limit/desk-7");
     }
 
     step(4, "Unlock legal alone; trading stays sealed (its KEK is never unsealed in this step).");
     {
         let t = app.unlock(legal.record.id)?;
-        let v = t.vault.get("contract-2026-001")?;
+        let (v, _) = t.get("contract-2026-001")?;
         println!("    legal reads contract-2026-001: {:?}", String::from_utf8_lossy(&v));
         let raw = std::fs::read(dd.tenant_dir(&trading.record.id).join("vault.redb"))?;
         let leaked = raw.windows(b"VaR".len()).any(|w| w == b"VaR");
@@ -90,9 +91,10 @@ pub fn run(parent: &Path, tpm_choice: &str) -> Fallible {
     drop(app);
     let mut app = Appliance::open(dd, tpm_choice)?;
     let t = app.unlock(trading.record.id)?;
-    let v = t.vault.get("limit/desk-7")?;
+    let (v, receipt) = t.get("limit/desk-7")?;
     println!("    trading reads limit/desk-7: {:?}", String::from_utf8_lossy(&v));
-    println!("    vault verified: {} record(s)", t.vault.verify()?);
+    println!("    that read was attested first: OAR #{} in trading's ledger", receipt.index());
+    println!("    vault verified: {} record(s)", t.verify()?.0);
 
     println!("\nWalkthrough complete. Data dir left for inspection: {}", root.display());
     Ok(())

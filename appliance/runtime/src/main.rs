@@ -4,7 +4,7 @@ use std::io::{Read, Write};
 use std::process::ExitCode;
 
 use bulwark_appliance::appliance::{Appliance, RecoverySecret};
-use bulwark_appliance::cli::{BootCmd, Cli, Command, TenantCmd, TpmCmd, VaultCmd};
+use bulwark_appliance::cli::{ApplianceCmd, BootCmd, Cli, Command, LedgerCmd, TenantCmd, TpmCmd, VaultCmd};
 use bulwark_appliance::datadir::DataDir;
 use bulwark_appliance::ids::TenantId;
 use bulwark_appliance::vault::MAX_VALUE_LEN;
@@ -77,7 +77,9 @@ fn run(cli: Cli) -> Fallible {
         Command::Demo => demo::run(&cli.data_dir, &cli.tpm),
         Command::Init(args) => {
             let dd = DataDir::new(&cli.data_dir)?;
-            let app = Appliance::init(dd, &cli.tpm, args.profile.as_deref(), args.danger_dev_unbound_executable)?;
+            let (app, recovery) =
+                Appliance::init(dd, &cli.tpm, args.profile.as_deref(), args.danger_dev_unbound_executable)?;
+            let secret = recovery.expose_text();
             if json {
                 println!(
                     "{}",
@@ -87,6 +89,7 @@ fn run(cli: Cli) -> Fallible {
                         "tpm": app.tcti().to_string(),
                         "runtime_pcr": app.measured().pcr,
                         "runtime_pcr_value": hex::encode(&app.measured().value),
+                        "appliance_recovery_secret": secret.as_str(),
                     })
                 );
             } else {
@@ -97,7 +100,26 @@ fn run(cli: Cli) -> Fallible {
                     app.measured().pcr,
                     hex::encode(&app.measured().value)
                 );
+                println!("appliance key recovery secret (shown once, store it offline): {}", secret.as_str());
             }
+            Ok(())
+        }
+        Command::Ledger(LedgerCmd::Export { sel, out }) => {
+            let mut app = Appliance::open(DataDir::new(&cli.data_dir)?, &cli.tpm)?;
+            let id = tenant_id(&sel.tenant)?;
+            let appliance = app.appliance_ledger()?;
+            let t = app.unlock(id)?;
+            t.export(&appliance, &out)?;
+            if json {
+                println!("{}", json!({"tenant": id.to_string(), "bundle": out}));
+            } else {
+                println!("wrote the auditor bundle of tenant {id} to {}", out.display());
+            }
+            Ok(())
+        }
+        Command::Appliance(ApplianceCmd::Pubkey) => {
+            let mut app = Appliance::open(DataDir::new(&cli.data_dir)?, &cli.tpm)?;
+            print!("{}", app.appliance_ledger()?.public_key().to_spki_pem());
             Ok(())
         }
         Command::Tenant(cmd) => {
@@ -150,6 +172,11 @@ fn tenant_cmd(app: &mut Appliance, cmd: TenantCmd, json: bool) -> Fallible {
             }
             Ok(())
         }
+        TenantCmd::Pubkey { sel } => {
+            let t = app.unlock(tenant_id(&sel.tenant)?)?;
+            print!("{}", t.public_key().to_spki_pem());
+            Ok(())
+        }
         TenantCmd::Delete { sel } => {
             let rec = app.delete_tenant(tenant_id(&sel.tenant)?)?;
             if json {
@@ -179,16 +206,19 @@ fn vault_cmd(app: &mut Appliance, cmd: VaultCmd, json: bool) -> Fallible {
             let id = tenant_id(&sel.tenant)?;
             let value = read_stdin_value()?;
             let t = app.unlock(id)?;
-            let version = t.vault.put(&key, &value)?;
+            let (version, receipt) = t.put(&key, &value)?;
             if json {
-                println!("{}", json!({"tenant": id.to_string(), "key": key, "version": version}));
+                println!(
+                    "{}",
+                    json!({"tenant": id.to_string(), "key": key, "version": version, "receipt": receipt.to_text()})
+                );
             }
             Ok(())
         }
         VaultCmd::Get { sel, key } => {
             let id = tenant_id(&sel.tenant)?;
             let t = app.unlock(id)?;
-            let value = t.vault.get(&key)?;
+            let (value, _receipt) = t.get(&key)?;
             let mut out = std::io::stdout().lock();
             out.write_all(&value)?;
             out.flush()?;
@@ -197,7 +227,7 @@ fn vault_cmd(app: &mut Appliance, cmd: VaultCmd, json: bool) -> Fallible {
         VaultCmd::List { sel } => {
             let id = tenant_id(&sel.tenant)?;
             let t = app.unlock(id)?;
-            let list = t.vault.list()?;
+            let (list, _receipt) = t.list()?;
             if json {
                 println!("{}", json!({"tenant": id.to_string(), "records": list}));
             } else {
@@ -210,7 +240,7 @@ fn vault_cmd(app: &mut Appliance, cmd: VaultCmd, json: bool) -> Fallible {
         VaultCmd::Delete { sel, key } => {
             let id = tenant_id(&sel.tenant)?;
             let t = app.unlock(id)?;
-            t.vault.delete(&key)?;
+            t.delete(&key)?;
             if json {
                 println!("{}", json!({"tenant": id.to_string(), "deleted": key}));
             }
@@ -219,7 +249,7 @@ fn vault_cmd(app: &mut Appliance, cmd: VaultCmd, json: bool) -> Fallible {
         VaultCmd::Verify { sel } => {
             let id = tenant_id(&sel.tenant)?;
             let t = app.unlock(id)?;
-            let n = t.vault.verify()?;
+            let (n, _receipt) = t.verify()?;
             if json {
                 println!("{}", json!({"tenant": id.to_string(), "records": n, "ok": true}));
             } else {

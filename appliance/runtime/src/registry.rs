@@ -219,9 +219,9 @@ mod tests {
         let s0 = r.allocate_slot().unwrap();
         let s1 = r.allocate_slot().unwrap();
         assert_eq!((s0.0, s1.0), (0, 1));
-        let rec = TenantRecord { id: TenantId::random(), name: "legal".into(), created_unix: 1, slot: s0 };
+        let rec = TenantRecord { id: TenantId::random().unwrap(), name: "legal".into(), created_unix: 1, slot: s0 };
         r.insert(&rec).unwrap();
-        let dup = TenantRecord { id: TenantId::random(), name: "legal".into(), created_unix: 1, slot: s1 };
+        let dup = TenantRecord { id: TenantId::random().unwrap(), name: "legal".into(), created_unix: 1, slot: s1 };
         assert!(matches!(r.insert(&dup), Err(RegistryError::NameTaken(_))));
         assert_eq!(r.get(rec.id).unwrap(), rec);
         r.remove(rec.id).unwrap();

@@ -7,6 +7,12 @@
 //! entry, XOR-combined, kept in `meta`) lets [`Vault::verify`] detect entries that were removed, renamed or
 //! duplicated on disk — things a per-record AEAD alone cannot see.
 //!
+//! Attestation: every record operation takes an [`Attested`] token, which only the tenant's ledger gate
+//! mints after the operation's OAR is durably appended under a signed checkpoint. The vault checks that
+//! the token names this tenant, this operation and this record ([`Vault::key_target`]), so an
+//! unattested or mis-attested operation cannot run. A record key appears in the OAR only as a keyed,
+//! salted commitment (the salt is derived from the tenant's data key), never in clear.
+//!
 //! Concurrency: a vault is held by one process at a time (an advisory lock on `vault.lock` beside the file);
 //! a second writer waits up to [`LOCK_WAIT`] and then gets [`VaultError::Busy`], never a torn write.
 //! Every write transaction is durable (fsync) before `put`/`delete` return.
@@ -23,6 +29,9 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use zeroize::Zeroizing;
+
+use bulwark_ledger::oar::{Commitment, Digest, OpKind, Target};
+use bulwark_ledger::{Attested, LedgerScope};
 
 use crate::ids::TenantId;
 use crate::secret::SecretKey;
@@ -73,6 +82,9 @@ pub enum VaultError {
     /// belongs to another tenant.
     #[error("vault integrity check failed: {0}")]
     Integrity(String),
+    /// The operation's attestation token does not name this tenant, operation and record.
+    #[error("operation not attested for this tenant, operation and record")]
+    NotAttested(#[source] bulwark_ledger::LedgerError),
     /// The vault file is not a readable redb database of ours.
     #[error("vault file is corrupt or not a Bulwark vault")]
     Corrupt(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -271,22 +283,26 @@ impl Vault {
     }
 
     /// Stores `value` under `key` (a new version if it exists). Durable when it returns; returns the version.
-    pub fn put(&self, key: &str, value: &[u8]) -> Result<u64, VaultError> {
+    pub fn put(&self, attested: &Attested, key: &str, value: &[u8]) -> Result<u64, VaultError> {
+        self.check(attested, OpKind::VaultPut, &self.key_target(key)?)?;
         guarded(|| self.put_unguarded(key, value))
     }
 
     /// Reads and decrypts the record under `key`.
-    pub fn get(&self, key: &str) -> Result<Zeroizing<Vec<u8>>, VaultError> {
+    pub fn get(&self, attested: &Attested, key: &str) -> Result<Zeroizing<Vec<u8>>, VaultError> {
+        self.check(attested, OpKind::VaultGet, &self.key_target(key)?)?;
         guarded(|| self.get_unguarded(key))
     }
 
     /// Lists every record's key, version and plaintext length, in key order.
-    pub fn list(&self) -> Result<Vec<RecordInfo>, VaultError> {
+    pub fn list(&self, attested: &Attested) -> Result<Vec<RecordInfo>, VaultError> {
+        self.check(attested, OpKind::VaultList, &Target::None)?;
         guarded(|| self.list_unguarded())
     }
 
     /// Deletes the record under `key`. Durable when it returns.
-    pub fn delete(&self, key: &str) -> Result<(), VaultError> {
+    pub fn delete(&self, attested: &Attested, key: &str) -> Result<(), VaultError> {
+        self.check(attested, OpKind::VaultDelete, &self.key_target(key)?)?;
         guarded(|| self.delete_unguarded(key))
     }
 
@@ -303,7 +319,8 @@ impl Vault {
 
     /// Checks the whole vault: every record and secret authenticates, and the keyed set digest over all
     /// stored entries matches, so a removed, renamed, duplicated or rolled-in entry is detected.
-    pub fn verify(&self) -> Result<usize, VaultError> {
+    pub fn verify(&self, attested: &Attested) -> Result<usize, VaultError> {
+        self.check(attested, OpKind::VaultList, &Target::None)?;
         guarded(|| self.verify_unguarded())
     }
 
@@ -360,6 +377,21 @@ impl Vault {
         let mac_key = derive_mac_key(&dek);
         let cipher = cipher_for(&dek);
         Ok(Vault { db, tenant, cipher, mac_key, path: path.to_path_buf(), _lock: lock })
+    }
+
+    /// The OAR target for record `key`: a commitment to the key whose salt is derived from this vault's
+    /// secret key, so the same key always gives the same target (an auditor can link operations on one
+    /// record) while nobody without the tenant's keys can test a guessed key against it.
+    pub fn key_target(&self, key: &str) -> Result<Target, VaultError> {
+        check_key(key)?;
+        let salt = entry_mac(&self.mac_key, "oar-salt", key, &[]);
+        let (c, _opening) = Commitment::with_salt("vault/key", salt, key.as_bytes())
+            .map_err(|e| VaultError::Integrity(format!("cannot commit to the record key: {e}")))?;
+        Ok(Target::Object(Digest::Salted(c)))
+    }
+
+    fn check(&self, attested: &Attested, op: OpKind, target: &Target) -> Result<(), VaultError> {
+        attested.require(LedgerScope::Tenant(self.tenant), op, target).map_err(VaultError::NotAttested)
     }
 
     /// The tenant this vault belongs to.
@@ -544,66 +576,117 @@ fn decode_envelope(bytes: &[u8]) -> Result<EnvelopeRef<'_>, VaultError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bulwark_ledger::oar::{Actor, OarDraft, Role, RuntimeState};
+    use bulwark_ledger::{Gate, LedgerSigner, SignerSeed};
+
+    /// A real ledger gate for one tenant: tests mint real tokens, never fake ones.
+    struct TestGate {
+        _dir: tempfile::TempDir,
+        gate: Gate,
+    }
+
+    fn gate_for(t: TenantId) -> TestGate {
+        let dir = tempfile::tempdir().unwrap();
+        let seed = SignerSeed::generate().unwrap();
+        let runtime = RuntimeState::new(15, 0x000B, vec![0; 32]).unwrap();
+        let gate = Gate::create(&dir.path().join("ledger"), LedgerSigner::tenant(t, &seed).unwrap(), runtime).unwrap();
+        TestGate { _dir: dir, gate }
+    }
+
+    impl TestGate {
+        fn tok(&self, v: &Vault, op: OpKind, key: Option<&str>) -> Attested {
+            let target = key.map_or(Ok(Target::None), |k| v.key_target(k)).unwrap();
+            let actor = Actor { role: Role::TenantUser, subject: Digest::None };
+            self.gate.attest(OarDraft::new(actor, op, target, Digest::None)).unwrap()
+        }
+    }
+
+    // Shorthands: attest, then run the vault operation with the token.
+    impl Vault {
+        fn t_put(&self, g: &TestGate, key: &str, value: &[u8]) -> Result<u64, VaultError> {
+            if check_key(key).is_err() {
+                return self.put_unguarded(key, value);
+            }
+            self.put(&g.tok(self, OpKind::VaultPut, Some(key)), key, value)
+        }
+        fn t_get(&self, g: &TestGate, key: &str) -> Result<Zeroizing<Vec<u8>>, VaultError> {
+            self.get(&g.tok(self, OpKind::VaultGet, Some(key)), key)
+        }
+        fn t_delete(&self, g: &TestGate, key: &str) -> Result<(), VaultError> {
+            self.delete(&g.tok(self, OpKind::VaultDelete, Some(key)), key)
+        }
+        fn t_list(&self, g: &TestGate) -> Result<Vec<RecordInfo>, VaultError> {
+            self.list(&g.tok(self, OpKind::VaultList, None))
+        }
+        fn t_verify(&self, g: &TestGate) -> Result<usize, VaultError> {
+            self.verify(&g.tok(self, OpKind::VaultList, None))
+        }
+    }
 
     fn fresh() -> (tempfile::TempDir, PathBuf, TenantId, SecretKey) {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("vault.redb");
-        (dir, p, TenantId::random(), SecretKey::random())
+        (dir, p, TenantId::random().unwrap(), SecretKey::random())
     }
 
     #[test]
     fn put_get_list_delete_round_trip() {
         let (_d, p, t, kek) = fresh();
         let v = Vault::create(&p, t, &kek).unwrap();
-        assert_eq!(v.put("k1", b"secret").unwrap(), 1);
-        assert_eq!(v.put("k1", b"secret2").unwrap(), 2);
-        v.put("k2", b"").unwrap();
-        assert_eq!(&**v.get("k1").unwrap(), b"secret2");
-        let l = v.list().unwrap();
+        let g = gate_for(t);
+        assert_eq!(v.t_put(&g, "k1", b"secret").unwrap(), 1);
+        assert_eq!(v.t_put(&g, "k1", b"secret2").unwrap(), 2);
+        v.t_put(&g, "k2", b"").unwrap();
+        assert_eq!(&**v.t_get(&g, "k1").unwrap(), b"secret2");
+        let l = v.t_list(&g).unwrap();
         assert_eq!(l.len(), 2);
         assert_eq!(l[0], RecordInfo { key: "k1".into(), version: 2, len: 7 });
-        v.delete("k2").unwrap();
-        assert!(matches!(v.get("k2"), Err(VaultError::NotFound(_))));
-        assert!(matches!(v.delete("k2"), Err(VaultError::NotFound(_))));
-        assert_eq!(v.verify().unwrap(), 1);
+        v.t_delete(&g, "k2").unwrap();
+        assert!(matches!(v.t_get(&g, "k2"), Err(VaultError::NotFound(_))));
+        assert!(matches!(v.t_delete(&g, "k2"), Err(VaultError::NotFound(_))));
+        assert_eq!(v.t_verify(&g).unwrap(), 1);
         drop(v);
         let v = Vault::open(&p, t, &kek).unwrap();
-        assert_eq!(&**v.get("k1").unwrap(), b"secret2");
+        assert_eq!(&**v.t_get(&g, "k1").unwrap(), b"secret2");
     }
 
     #[test]
     fn bad_input_is_refused_and_loses_nothing() {
         let (_d, p, t, kek) = fresh();
         let v = Vault::create(&p, t, &kek).unwrap();
-        v.put("keep", b"x").unwrap();
-        assert!(matches!(v.put("", b"x"), Err(VaultError::BadKey(_))));
-        assert!(matches!(v.put(&"a".repeat(257), b"x"), Err(VaultError::BadKey(_))));
-        assert!(matches!(v.put("a\nb", b"x"), Err(VaultError::BadKey(_))));
-        assert!(matches!(v.put("big", &vec![0u8; MAX_VALUE_LEN + 1]), Err(VaultError::TooLarge { .. })));
-        assert_eq!(&**v.get("keep").unwrap(), b"x");
-        assert_eq!(v.verify().unwrap(), 1);
+        let g = gate_for(t);
+        v.t_put(&g, "keep", b"x").unwrap();
+        assert!(matches!(v.t_put(&g, "", b"x"), Err(VaultError::BadKey(_))));
+        assert!(matches!(v.t_put(&g, &"a".repeat(257), b"x"), Err(VaultError::BadKey(_))));
+        assert!(matches!(v.t_put(&g, "a\nb", b"x"), Err(VaultError::BadKey(_))));
+        assert!(matches!(v.t_put(&g, "big", &vec![0u8; MAX_VALUE_LEN + 1]), Err(VaultError::TooLarge { .. })));
+        assert_eq!(&**v.t_get(&g, "keep").unwrap(), b"x");
+        assert_eq!(v.t_verify(&g).unwrap(), 1);
     }
 
     #[test]
     fn wrong_kek_or_tenant_cannot_open() {
         let (_d, p, t, kek) = fresh();
-        Vault::create(&p, t, &kek).unwrap().put("k", b"v").unwrap();
+        let v = Vault::create(&p, t, &kek).unwrap();
+        v.t_put(&gate_for(t), "k", b"v").unwrap();
+        drop(v);
         assert!(matches!(Vault::open(&p, t, &SecretKey::random()), Err(VaultError::Integrity(_))));
-        assert!(matches!(Vault::open(&p, TenantId::random(), &kek), Err(VaultError::Integrity(_))));
+        assert!(matches!(Vault::open(&p, TenantId::random().unwrap(), &kek), Err(VaultError::Integrity(_))));
     }
 
     #[test]
     fn ciphertext_moved_between_tenants_or_keys_fails() {
         let dir = tempfile::tempdir().unwrap();
-        let (ta, tb) = (TenantId::random(), TenantId::random());
+        let (ta, tb) = (TenantId::random().unwrap(), TenantId::random().unwrap());
         let (ka, kb) = (SecretKey::random(), SecretKey::random());
         let pa = dir.path().join("a.redb");
         let pb = dir.path().join("b.redb");
         let a = Vault::create(&pa, ta, &ka).unwrap();
         let b = Vault::create(&pb, tb, &kb).unwrap();
-        a.put("k1", b"alpha").unwrap();
-        a.put("k2", b"beta").unwrap();
-        b.put("k1", b"other").unwrap();
+        let (g_a, g_b) = (gate_for(ta), gate_for(tb));
+        a.t_put(&g_a, "k1", b"alpha").unwrap();
+        a.t_put(&g_a, "k2", b"beta").unwrap();
+        b.t_put(&g_b, "k1", b"other").unwrap();
         // Copy A's raw envelope for k1 into B, and A's k1 envelope over A's k2.
         let raw = |v: &Vault, k: &str| {
             let tx = v.db.begin_read().unwrap();
@@ -617,18 +700,36 @@ mod tests {
         };
         let a_k1 = raw(&a, "k1");
         put_raw(&b, "k1", &a_k1);
-        assert!(matches!(b.get("k1"), Err(VaultError::Integrity(_))));
+        assert!(matches!(b.t_get(&g_b, "k1"), Err(VaultError::Integrity(_))));
         put_raw(&a, "k2", &a_k1);
-        assert!(matches!(a.get("k2"), Err(VaultError::Integrity(_))));
+        assert!(matches!(a.t_get(&g_a, "k2"), Err(VaultError::Integrity(_))));
         // A whole record dropped in under a fresh key is caught by the set digest.
         put_raw(&a, "k2", &raw(&a, "k1"));
-        assert!(a.verify().is_err());
+        assert!(a.t_verify(&g_a).is_err());
+    }
+
+    #[test]
+    fn operations_need_a_token_for_this_tenant_op_and_record() {
+        let (_d, p, t, kek) = fresh();
+        let v = Vault::create(&p, t, &kek).unwrap();
+        let g = gate_for(t);
+        v.t_put(&g, "k1", b"one").unwrap();
+        // A token for another record, another operation, or another tenant's ledger is refused.
+        let other_key = g.tok(&v, OpKind::VaultGet, Some("k2"));
+        assert!(matches!(v.get(&other_key, "k1"), Err(VaultError::NotAttested(_))));
+        let other_op = g.tok(&v, OpKind::VaultGet, Some("k1"));
+        assert!(matches!(v.delete(&other_op, "k1"), Err(VaultError::NotAttested(_))));
+        let stranger = gate_for(TenantId::random().unwrap());
+        let foreign = stranger.tok(&v, OpKind::VaultGet, Some("k1"));
+        assert!(matches!(v.get(&foreign, "k1"), Err(VaultError::NotAttested(_))));
+        assert_eq!(&**v.t_get(&g, "k1").unwrap(), b"one");
     }
 
     #[test]
     fn second_opener_waits_then_reports_busy() {
         let (_d, p, t, kek) = fresh();
         let _held = Vault::create(&p, t, &kek).unwrap();
+        let g = gate_for(t);
         // A lock attempt on an already-held lock from the same process on a new fd must fail fast here.
         let f = OpenOptions::new().write(true).open(lock_path(&p)).unwrap();
         assert!(matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock)));
@@ -638,10 +739,11 @@ mod tests {
     fn secrets_round_trip_and_stay_out_of_listing() {
         let (_d, p, t, kek) = fresh();
         let v = Vault::create(&p, t, &kek).unwrap();
+        let g = gate_for(t);
         let seed = SecretKey::random();
         v.put_secret("signing-seed", &seed).unwrap();
         assert_eq!(v.get_secret("signing-seed").unwrap(), seed);
-        assert!(v.list().unwrap().is_empty());
-        assert_eq!(v.verify().unwrap(), 0);
+        assert!(v.t_list(&g).unwrap().is_empty());
+        assert_eq!(v.t_verify(&g).unwrap(), 0);
     }
 }
