@@ -20,6 +20,10 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use bulwark_appliance::ids::TenantId;
+use bulwark_appliance::vault::{Vault, VaultError};
+use bulwark_ledger::oar::{Actor, Digest, OarDraft, OpKind, Outcome, Role, RuntimeState, Target};
+use bulwark_ledger::{Attested, Gate, LedgerSigner, SignerSeed};
 use bulwark_tpm::swtpm::{Swtpm, SwtpmError};
 use tempfile::TempDir;
 
@@ -496,6 +500,86 @@ impl Env {
     pub fn assert_get(&self, id: &str, key: &str, value: &[u8]) {
         let run = self.get(id, key).ok();
         assert_eq!(run.stdout, value, "vault get {key} of {id} printed {:?}", String::from_utf8_lossy(&run.stdout));
+    }
+}
+
+/// A real ledger gate for one tenant, in its own temporary directory, for tests that call [`Vault`]
+/// directly: it mints the [`Attested`] tokens every record operation requires. The ledger is real (a
+/// fresh ML-DSA-65 key, durable appends, signed checkpoints); only the runtime state it records is a
+/// fixed placeholder (PCR 15, SHA-256, all zero), since no measurement stage ran.
+pub struct TestGate {
+    gate: Gate,
+    tenant: TenantId,
+    // Dropped after the gate, which writes into it until it closes.
+    _dir: TempDir,
+}
+
+impl std::fmt::Debug for TestGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestGate").field("tenant", &self.tenant).finish_non_exhaustive()
+    }
+}
+
+impl TestGate {
+    /// A new ledger for `tenant` (on tmpfs when there is one) and its gate.
+    #[track_caller]
+    pub fn new(tenant: TenantId) -> Self {
+        let dir = fast_tempdir();
+        let seed = SignerSeed::generate().expect("cannot generate a ledger signing seed");
+        let signer = LedgerSigner::tenant(tenant, &seed).expect("cannot derive the tenant's ledger key");
+        let runtime = RuntimeState::new(15, 0x000B, vec![0; 32]).expect("runtime state");
+        let gate = Gate::create(&dir.path().join("ledger"), signer, runtime).expect("cannot create the test ledger");
+        TestGate { gate, tenant, _dir: dir }
+    }
+
+    /// The tenant this gate's ledger belongs to.
+    pub fn tenant(&self) -> TenantId {
+        self.tenant
+    }
+
+    /// The gate itself.
+    pub fn gate(&self) -> &Gate {
+        &self.gate
+    }
+
+    /// Attests `op` on `target` (a tenant user acting, no parameters) and returns the token.
+    #[track_caller]
+    pub fn attest(&self, op: OpKind, target: Target) -> Attested {
+        let actor = Actor { role: Role::TenantUser, subject: Digest::None };
+        self.gate.attest(OarDraft::new(actor, op, target, Digest::None)).expect("the test ledger refused to attest")
+    }
+
+    /// A token for `op` on record `key` of `vault` (`VaultPut`, `VaultGet` or `VaultDelete`).
+    #[track_caller]
+    pub fn for_key(&self, vault: &Vault, op: OpKind, key: &str) -> Attested {
+        let target = vault.key_target(key).unwrap_or_else(|e| panic!("no OAR target for key {key:?}: {e}"));
+        self.attest(op, target)
+    }
+
+    /// A token for a whole-vault operation (`VaultList`, which also covers `verify`).
+    #[track_caller]
+    pub fn for_vault(&self, op: OpKind) -> Attested {
+        self.attest(op, Target::None)
+    }
+
+    /// Records the token's operation as succeeded.
+    #[track_caller]
+    pub fn complete(&self, token: Attested) {
+        self.gate.complete(token, Outcome::success(Digest::None)).expect("the test ledger refused an outcome");
+    }
+
+    /// `vault.put(key, value)` under a fresh token, completed with the result.
+    #[track_caller]
+    pub fn put(&self, vault: &Vault, key: &str, value: &[u8]) -> Result<u64, VaultError> {
+        let token = self.for_key(vault, OpKind::VaultPut, key);
+        let r = vault.put(&token, key, value);
+        self.finish(token, r.is_ok());
+        r
+    }
+
+    fn finish(&self, token: Attested, ok: bool) {
+        let outcome = if ok { Outcome::success(Digest::None) } else { Outcome::failure(Digest::None) };
+        self.gate.complete(token, outcome).expect("the test ledger refused an outcome");
     }
 }
 

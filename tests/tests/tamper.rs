@@ -9,7 +9,8 @@ use bulwark_appliance::datadir::DataDir;
 use bulwark_appliance::ids::TenantId;
 use bulwark_appliance::secret::SecretKey;
 use bulwark_appliance::vault::{Vault, VaultError};
-use bulwark_tests::{Env, SplitMix64, TestTpm, copy_tree};
+use bulwark_ledger::{Attested, OpKind};
+use bulwark_tests::{Env, SplitMix64, TestGate, TestTpm, copy_tree};
 use redb::{Database, ReadableTable, TableDefinition, TableHandle, ReadableDatabase};
 
 /// The vault's two tables, as `appliance/runtime/src/vault.rs` defines them.
@@ -96,9 +97,9 @@ fn every_byte_flip_of_a_sealed_blob_is_detected() {
     let dir = tempfile::tempdir().expect("tempdir");
     let dd = DataDir::new(&dir.path().join("data")).expect("data dir");
     // The library measures this test executable as "the runtime": fine, this data dir and swtpm are ours.
-    let mut app = Appliance::init(dd.clone(), &tpm.tcti(), None, false).expect("init");
+    let (mut app, _appliance_recovery) = Appliance::init(dd.clone(), &tpm.tcti(), None, false).expect("init");
     let id = app.create_tenant("legal").expect("create").record.id;
-    app.unlock(id).expect("unlock").vault.put("k", b"value").expect("put");
+    app.unlock(id).expect("unlock").put("k", b"value").expect("put");
     let path = dd.tenant_dir(&id).join("kek.sealed");
     let pristine = std::fs::read(&path).expect("kek.sealed");
     assert!(pristine.len() > 200, "sealed blob is {} bytes", pristine.len());
@@ -123,7 +124,7 @@ fn every_byte_flip_of_a_sealed_blob_is_detected() {
     ));
     assert!(undetected.is_empty(), "flips (position, mask) that still unlocked: {undetected:?}");
     let t = app.unlock(id).expect("restored blob unlocks");
-    assert_eq!(&**t.vault.get("k").expect("get"), b"value");
+    assert_eq!(&**t.get("k").expect("get").0, b"value");
 }
 
 /// What a vault at `path` shows when opened with the right tenant and KEK.
@@ -137,16 +138,45 @@ enum Seen {
     Wrong(String),
 }
 
+/// Real attestation tokens for every operation [`examine`] runs on one vault: a `VaultGet` per wanted
+/// record and one `VaultList` (which covers `list` and `verify`), minted once from a real ledger gate.
+/// A token names scope, operation and target, so one token serves every reopened copy of the vault;
+/// minting once keeps the tens of thousands of examinations below from each waiting on a signed,
+/// durable ledger append, which is not what these tests measure.
+struct Tokens {
+    _gate: TestGate,
+    gets: BTreeMap<String, Attested>,
+    list: Attested,
+}
+
+impl Tokens {
+    /// Mints the tokens for the pristine vault at `path` (opened once to derive each record's OAR target).
+    fn mint(path: &Path, tenant: TenantId, kek: &SecretKey, want: &BTreeMap<String, Vec<u8>>) -> Self {
+        let gate = TestGate::new(tenant);
+        let v = Vault::open(path, tenant, kek).expect("open the pristine vault to mint tokens");
+        let gets = want.keys().map(|k| (k.clone(), gate.for_key(&v, OpKind::VaultGet, k))).collect();
+        let list = gate.for_vault(OpKind::VaultList);
+        Tokens { _gate: gate, gets, list }
+    }
+}
+
 /// Opens the vault and reads everything in it: every record, the stored secret, the listing, and the
 /// full verification.
-fn examine(path: &Path, tenant: TenantId, kek: &SecretKey, want: &BTreeMap<String, Vec<u8>>, seed: &SecretKey) -> Seen {
+fn examine(
+    path: &Path,
+    tenant: TenantId,
+    kek: &SecretKey,
+    want: &BTreeMap<String, Vec<u8>>,
+    seed: &SecretKey,
+    tokens: &Tokens,
+) -> Seen {
     let refused = |what: &str, e: VaultError| Seen::Refused(format!("{what}: {e}"));
     let v = match Vault::open(path, tenant, kek) {
         Ok(v) => v,
         Err(e) => return refused("open", e),
     };
     for (k, value) in want {
-        match v.get(k) {
+        match v.get(&tokens.gets[k], k) {
             Ok(got) if &**got == value.as_slice() => {}
             Ok(got) => return Seen::Wrong(format!("record {k:?} reads {:?}", String::from_utf8_lossy(&got))),
             Err(e) => return refused("get", e),
@@ -157,11 +187,11 @@ fn examine(path: &Path, tenant: TenantId, kek: &SecretKey, want: &BTreeMap<Strin
         Ok(_) => return Seen::Wrong("the stored secret reads differently".into()),
         Err(e) => return refused("get_secret", e),
     }
-    let listing = match v.list() {
+    let listing = match v.list(&tokens.list) {
         Ok(list) => list.into_iter().map(|r| r.key).collect::<Vec<_>>(),
         Err(e) => return refused("list", e),
     };
-    match v.verify() {
+    match v.verify(&tokens.list) {
         Ok(n) if n == want.len() && listing.iter().eq(want.keys()) => Seen::Intact,
         Ok(n) => Seen::Wrong(format!("verify passed with {n} records listed as {listing:?}")),
         Err(e) => refused("verify", e),
@@ -170,8 +200,8 @@ fn examine(path: &Path, tenant: TenantId, kek: &SecretKey, want: &BTreeMap<Strin
 
 /// Whether opening or verifying the whole vault refuses (a renamed entry must fail `verify`, not only
 /// be missing from `get`).
-fn verify_refuses(path: &Path, tenant: TenantId, kek: &SecretKey) -> bool {
-    Vault::open(path, tenant, kek).and_then(|v| v.verify()).is_err()
+fn verify_refuses(path: &Path, tenant: TenantId, kek: &SecretKey, tokens: &Tokens) -> bool {
+    Vault::open(path, tenant, kek).and_then(|v| v.verify(&tokens.list)).is_err()
 }
 
 struct SmallVault {
@@ -181,25 +211,36 @@ struct SmallVault {
     kek: SecretKey,
     seed: SecretKey,
     want: BTreeMap<String, Vec<u8>>,
+    tokens: Tokens,
+}
+
+impl SmallVault {
+    /// [`examine`] on this vault's file.
+    fn examine(&self) -> Seen {
+        examine(&self.path, self.tenant, &self.kek, &self.want, &self.seed, &self.tokens)
+    }
 }
 
 fn small_vault() -> SmallVault {
     let dir = bulwark_tests::fast_tempdir();
     let path = dir.path().join("vault.redb");
-    let (tenant, kek, seed) = (TenantId::random(), SecretKey::random(), SecretKey::random());
+    let tenant = TenantId::random().expect("tenant id");
+    let (kek, seed) = (SecretKey::random(), SecretKey::random());
     let mut want = BTreeMap::new();
     {
+        let gate = TestGate::new(tenant);
         let v = Vault::create(&path, tenant, &kek).expect("create");
-        v.put("k1", b"first version").expect("put");
-        v.put("k1", b"second version").expect("put");
-        v.put("contract/2026", b"Indemnity capped").expect("put");
-        v.put("empty", b"").expect("put");
+        gate.put(&v, "k1", b"first version").expect("put");
+        gate.put(&v, "k1", b"second version").expect("put");
+        gate.put(&v, "contract/2026", b"Indemnity capped").expect("put");
+        gate.put(&v, "empty", b"").expect("put");
         v.put_secret("signing-seed", &seed).expect("put_secret");
         want.insert("k1".to_string(), b"second version".to_vec());
         want.insert("contract/2026".to_string(), b"Indemnity capped".to_vec());
         want.insert("empty".to_string(), Vec::new());
     }
-    SmallVault { _dir: dir, path, tenant, kek, seed, want }
+    let tokens = Tokens::mint(&path, tenant, &kek, &want);
+    SmallVault { _dir: dir, path, tenant, kek, seed, want, tokens }
 }
 
 /// One stored entry: its table, key and value bytes.
@@ -249,7 +290,7 @@ fn wrapped_data_key_version_byte_flip_is_detected() {
     assert_eq!(dek[0], 0, "the wrapped DEK's version varint");
     dek[0] ^= 0x01;
     write_entry(&sv.path, META, None, &[("dek", &dek)]);
-    let seen = examine(&sv.path, sv.tenant, &sv.kek, &sv.want, &sv.seed);
+    let seen = sv.examine();
     assert!(matches!(seen, Seen::Refused(_)), "a changed stored byte of the wrapped DEK went unnoticed: {seen:?}");
 }
 
@@ -262,7 +303,7 @@ fn every_stored_byte_flip_in_a_vault_is_detected() {
     };
     let names: Vec<String> = entries.iter().map(|(t, k, _)| format!("{}/{k}", t.name())).collect();
     assert!(names.contains(&"meta/dek".to_string()) && names.contains(&"meta/set-digest".to_string()), "{names:?}");
-    assert_eq!(examine(&sv.path, sv.tenant, &sv.kek, &sv.want, &sv.seed), Seen::Intact);
+    assert_eq!(sv.examine(), Seen::Intact);
 
     let (mut value_flips, mut key_flips) = (0usize, 0usize);
     let mut undetected = Vec::new();
@@ -273,7 +314,7 @@ fn every_stored_byte_flip_in_a_vault_is_detected() {
                 let mut v = value.clone();
                 v[pos] ^= mask;
                 write_entry(&sv.path, *table, None, &[(key, &v)]);
-                match examine(&sv.path, sv.tenant, &sv.kek, &sv.want, &sv.seed) {
+                match sv.examine() {
                     Seen::Refused(_) => {}
                     Seen::Intact => undetected.push(format!("{}/{key} value byte {pos} ^ {mask:#04x}", table.name())),
                     Seen::Wrong(w) => panic!("{}/{key} value byte {pos} ^ {mask:#04x}: {w}", table.name()),
@@ -292,9 +333,9 @@ fn every_stored_byte_flip_in_a_vault_is_detected() {
                     continue;
                 }
                 write_entry(&sv.path, *table, Some(key), &[(&renamed, value)]);
-                let seen = examine(&sv.path, sv.tenant, &sv.kek, &sv.want, &sv.seed);
+                let seen = sv.examine();
                 assert!(!matches!(seen, Seen::Wrong(_)), "{}/{key} renamed to {renamed:?}: {seen:?}", table.name());
-                if seen == Seen::Intact || !verify_refuses(&sv.path, sv.tenant, &sv.kek) {
+                if seen == Seen::Intact || !verify_refuses(&sv.path, sv.tenant, &sv.kek, &sv.tokens) {
                     undetected.push(format!("{}/{key} renamed to {renamed:?}", table.name()));
                 }
                 write_entry(&sv.path, *table, Some(&renamed), &[(key, value)]);
@@ -311,7 +352,7 @@ fn every_stored_byte_flip_in_a_vault_is_detected() {
     // (ignored until fixed); anything else undetected fails here.
     undetected.retain(|u| u != KNOWN_UNDETECTED_DEK_VERSION);
     assert!(undetected.is_empty(), "undetected: {undetected:#?}");
-    assert_eq!(examine(&sv.path, sv.tenant, &sv.kek, &sv.want, &sv.seed), Seen::Intact);
+    assert_eq!(sv.examine(), Seen::Intact);
 }
 
 /// Silences panics raised inside redb (counted by the tests instead); every other panic still prints.
@@ -334,9 +375,13 @@ fn examine_catching(
     kek: &SecretKey,
     want: &BTreeMap<String, Vec<u8>>,
     seed: &SecretKey,
+    tokens: &Tokens,
 ) -> Seen {
     quiet_redb_panics();
-    std::panic::catch_unwind(|| examine(path, tenant, kek, want, seed)).unwrap_or_else(|p| {
+    // The tokens (which hold the gate's channel, hence not UnwindSafe) are only read by `examine`, so a
+    // panic inside the store cannot leave them half-changed.
+    let run = std::panic::AssertUnwindSafe(|| examine(path, tenant, kek, want, seed, tokens));
+    std::panic::catch_unwind(run).unwrap_or_else(|p| {
         let msg = p
             .downcast_ref::<String>()
             .cloned()
@@ -478,13 +523,15 @@ fn raw_flip_worker() {
         .collect();
     let pristine = std::fs::read(dir.join("pristine.redb")).expect("pristine");
     let path = dir.join("vault.redb");
+    std::fs::write(&path, &pristine).expect("write the pristine vault");
+    let tokens = Tokens::mint(&path, tenant, &kek, &want);
     let mut out = std::io::stdout().lock();
     for (i, (pos, mask)) in flips.iter().enumerate().skip(start) {
         writeln!(out, "START {i}").and_then(|()| out.flush()).expect("stdout");
         let mut bytes = pristine.clone();
         bytes[*pos] ^= *mask;
         std::fs::write(&path, &bytes).expect("write flipped file");
-        let (kind, msg) = match examine_catching(&path, tenant, &kek, &want, &seed) {
+        let (kind, msg) = match examine_catching(&path, tenant, &kek, &want, &seed, &tokens) {
             Seen::Intact => ("intact", String::new()),
             Seen::Refused(m) => ("refused", m),
             Seen::Wrong(m) => ("wrong", m),
@@ -566,7 +613,7 @@ fn sampled_raw_flips_in_a_vault_file_never_yield_wrong_data() {
         t2.wrong
     );
     assert!(t2.detected() > 0, "flips in live pages were never detected: the sampling missed the data");
-    assert_eq!(examine(&sv.path, sv.tenant, &sv.kek, &sv.want, &sv.seed), Seen::Intact);
+    assert_eq!(sv.examine(), Seen::Intact);
 }
 
 #[test]
@@ -626,5 +673,5 @@ fn every_byte_flip_of_a_small_vault_file_errors_or_changes_nothing() {
     assert_eq!(t.total(), len);
     assert!(t.wrong.is_empty(), "different data without an error: {:?}", t.wrong);
     assert!(t.panicked.is_empty() && t.crashed.is_empty(), "panics {:?}\ncrashes {:?}", t.panicked, t.crashed);
-    assert_eq!(examine(&sv.path, sv.tenant, &sv.kek, &sv.want, &sv.seed), Seen::Intact);
+    assert_eq!(sv.examine(), Seen::Intact);
 }

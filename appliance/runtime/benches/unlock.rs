@@ -6,8 +6,10 @@
 //!   the same SRK and the same PCR selection as the tenant's KEK (the sequence of
 //!   `tpm/benches/unseal.rs`).
 //! - (U) `Appliance::unlock` of one tenant: registry lookup, read `kek.sealed`, `Tpm::unseal` through
-//!   the policy session (PolicyPCR, PolicyNV, PolicyOR), `Vault::open` and DEK unwrap. Dropping the
-//!   returned vault (closing its redb file) is timed apart as (U-close).
+//!   the policy session (PolicyPCR, PolicyNV, PolicyOR), `Vault::open` and DEK unwrap, the tenant's
+//!   ledger signing seed read from the vault and `Gate::open` of its ledger (recovery scan, committer
+//!   thread). Dropping the returned tenant (closing its redb file and its ledger gate) is timed apart as
+//!   (U-close).
 //! - Breakdown of (U): (T) `Tpm::unseal` alone on the same sealed blob; (V) `Vault::open` alone with the
 //!   KEK in hand and (V-close) its drop; (C) a bare ESAPI connect + disconnect to the swtpm, which
 //!   `Tpm` does once per operation on a one-client swtpm and the anchor does not.
@@ -52,12 +54,12 @@ fn main() -> Result<(), BoxErr> {
     let tcti = sw.tcti();
     let dd = DataDir::new(&dir.path().join("data"))?;
     // `Tpm::open` inside `init` sets TSS2_LOG=all+NONE (unless set) before any TSS call.
-    let mut app = Appliance::init(dd, &tcti, Some("dev-swtpm"), false)?;
+    let (mut app, _appliance_recovery) = Appliance::init(dd, &tcti, Some("dev-swtpm"), false)?;
     let id = app.create_tenant("bench")?.record.id;
     {
         let t = app.unlock(id)?;
-        t.vault.put("probe", b"unlock bench")?;
-        if &**t.vault.get("probe")? != b"unlock bench" {
+        t.put("probe", b"unlock bench")?;
+        if &**t.get("probe")?.0 != b"unlock bench" {
             return Err("vault round trip failed".into());
         }
     }

@@ -30,7 +30,7 @@ fn main() -> Result<(), BoxErr> {
     let sw = Swtpm::start(&dir.path().join("swtpm"))?;
     let tcti = sw.tcti();
     let dd = DataDir::new(&dir.path().join("data"))?;
-    let mut app = Appliance::init(dd, &tcti, Some("dev-swtpm"), false)?;
+    let (mut app, _appliance_recovery) = Appliance::init(dd, &tcti, Some("dev-swtpm"), false)?;
 
     let setup = Instant::now();
     let mut ids = Vec::with_capacity(count);
@@ -46,7 +46,7 @@ fn main() -> Result<(), BoxErr> {
     let seed = Instant::now();
     let record = vec![0x42u8; 4096];
     for id in &ids {
-        app.unlock(*id)?.vault.put("hello", &record)?;
+        app.unlock(*id)?.put("hello", &record)?;
     }
     let seed_total = seed.elapsed();
 

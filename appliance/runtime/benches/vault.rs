@@ -12,6 +12,12 @@
 //! against the value put. A crypto-only line (cipher setup + seal/open of one 4 KiB record as the vault
 //! does it) attributes the difference.
 //!
+//! Every vault operation needs an attestation token from the tenant's ledger gate. This bench measures the
+//! store, not the gate: the tokens come from a real gate ([`common::BenchGate`]) but are minted before each
+//! timed loop (one per put, one per key reused by every get pass), and their outcomes are queued after it.
+//! Only the token check itself (`Attested::require`, a comparison) runs inside the timed region. The
+//! cost of attestation is measured by the ledger's own bench (`cargo bench -p bulwark-ledger`).
+//!
 //! Run: `cargo bench -p bulwark-appliance --bench vault`.
 
 mod common;
@@ -23,7 +29,8 @@ use aes_gcm_siv::{Aes256GcmSiv, Nonce};
 use bulwark_appliance::ids::TenantId;
 use bulwark_appliance::secret::SecretKey;
 use bulwark_appliance::vault::Vault;
-use common::{BoxErr, stats, us};
+use bulwark_ledger::OpKind;
+use common::{BenchGate, BoxErr, stats, us};
 use rand::RngCore;
 use redb::{Database, ReadableDatabase, TableDefinition};
 
@@ -76,7 +83,9 @@ fn ops_per_s(ops: u32, d: Duration) -> f64 {
 
 fn main() -> Result<(), BoxErr> {
     let dir = tempfile::tempdir()?;
-    let vault = Vault::create(&dir.path().join("vault.redb"), TenantId::random(), &SecretKey::random())?;
+    let tenant = TenantId::random()?;
+    let vault = Vault::create(&dir.path().join("vault.redb"), tenant, &SecretKey::random())?;
+    let gate = BenchGate::new(tenant)?;
     let plain = Plain::create(&dir.path().join("plain.redb"))?;
     let mut value = vec![0u8; RECORD_LEN];
     rand::rngs::OsRng.fill_bytes(&mut value);
@@ -88,11 +97,18 @@ fn main() -> Result<(), BoxErr> {
     for r in 0..ROUNDS {
         let keys: Vec<String> = (r * per_round..(r + 1) * per_round).map(key).collect();
         for which in [r % 2, 1 - r % 2] {
+            // Tokens for this round's vault puts, minted before the clock starts (see the module docs).
+            let mut tokens = Vec::new();
+            if which == 0 {
+                for k in &keys {
+                    tokens.push(gate.for_key(&vault, OpKind::VaultPut, k)?);
+                }
+            }
             let start = Instant::now();
-            for k in &keys {
+            for (i, k) in keys.iter().enumerate() {
                 let t = Instant::now();
                 if which == 0 {
-                    vault.put(k, &value)?;
+                    vault.put(&tokens[i], k, &value)?;
                     vp.push(t.elapsed());
                 } else {
                     plain.put(k, &value)?;
@@ -104,17 +120,22 @@ fn main() -> Result<(), BoxErr> {
             } else {
                 pp_total += start.elapsed();
             }
+            for token in tokens {
+                gate.done(token)?;
+            }
         }
     }
 
     // Gets, interleaved in passes over all keys.
     let keys: Vec<String> = (0..KEYS).map(key).collect();
+    // One get token per key, minted before any timed pass and presented by every pass.
+    let get_tokens = keys.iter().map(|k| gate.for_key(&vault, OpKind::VaultGet, k)).collect::<Result<Vec<_>, _>>()?;
     let (mut vg, mut pg) = (Vec::new(), Vec::new());
     for pass in 0..GET_PASSES {
         for which in [pass % 2, 1 - pass % 2] {
             let start = Instant::now();
-            for k in &keys {
-                let ok = if which == 0 { *vault.get(k)? == value } else { plain.get(k)? == value };
+            for (k, token) in keys.iter().zip(&get_tokens) {
+                let ok = if which == 0 { *vault.get(token, k)? == value } else { plain.get(k)? == value };
                 if !ok {
                     return Err(format!("record {k} read back wrong").into());
                 }
@@ -126,7 +147,12 @@ fn main() -> Result<(), BoxErr> {
             }
         }
     }
-    let vault_checked = vault.verify()?;
+    for token in get_tokens {
+        gate.done(token)?;
+    }
+    let list_token = gate.for_vault(OpKind::VaultList)?;
+    let vault_checked = vault.verify(&list_token)?;
+    gate.done(list_token)?;
     if u32::try_from(vault_checked)? != KEYS {
         return Err(format!("vault verify saw {vault_checked} records, expected {KEYS}").into());
     }

@@ -28,7 +28,7 @@ fn main() -> ExitCode {
 }
 
 fn tenant_id(s: &str) -> Result<TenantId, Box<dyn std::error::Error + Send + Sync>> {
-    Ok(s.parse::<TenantId>()?)
+    s.parse::<TenantId>().map_err(|e| format!("--tenant: {e}").into())
 }
 
 fn read_stdin_value() -> Result<Zeroizing<Vec<u8>>, Box<dyn std::error::Error + Send + Sync>> {

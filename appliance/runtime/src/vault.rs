@@ -729,7 +729,6 @@ mod tests {
     fn second_opener_waits_then_reports_busy() {
         let (_d, p, t, kek) = fresh();
         let _held = Vault::create(&p, t, &kek).unwrap();
-        let g = gate_for(t);
         // A lock attempt on an already-held lock from the same process on a new fd must fail fast here.
         let f = OpenOptions::new().write(true).open(lock_path(&p)).unwrap();
         assert!(matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock)));

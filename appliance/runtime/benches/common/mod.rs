@@ -1,5 +1,6 @@
 //! Helpers shared by the appliance bench binaries: order statistics, a description of the machine
-//! the numbers came from, and the plain tss-esapi unseal used as the TPM anchor.
+//! the numbers came from, the plain tss-esapi unseal used as the TPM anchor, and a real ledger gate that
+//! mints the attestation tokens `Vault` operations require.
 //!
 //! Each bench binary uses a subset of these, hence the `dead_code` allowance.
 #![allow(dead_code)]
@@ -7,6 +8,10 @@
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
+use bulwark_appliance::ids::TenantId;
+use bulwark_appliance::vault::Vault;
+use bulwark_ledger::oar::{Actor, Digest as OarDigest, OarDraft, OpKind, Outcome, Role, RuntimeState, Target};
+use bulwark_ledger::{Attested, Gate, LedgerSigner, SignerSeed};
 use tss_esapi::attributes::ObjectAttributesBuilder;
 use tss_esapi::constants::SessionType;
 use tss_esapi::handles::{KeyHandle, ObjectHandle, PersistentTpmHandle, SessionHandle, TpmHandle};
@@ -241,4 +246,42 @@ pub fn connect_times(tcti: &str, n: usize) -> Result<Vec<Duration>, BoxErr> {
         times.push(t.elapsed());
     }
     Ok(times)
+}
+
+/// A real ledger gate for one tenant in a temporary directory, for benches that call [`Vault`] directly:
+/// every record operation needs an [`Attested`] token. The ledger is real (fresh ML-DSA-65 key, durable
+/// appends, signed checkpoints); the runtime state it records is a fixed placeholder (PCR 15, SHA-256,
+/// all zero) because no measurement stage ran.
+pub struct BenchGate {
+    gate: Gate,
+    // Dropped after the gate, which writes into it until it closes.
+    _dir: tempfile::TempDir,
+}
+
+impl BenchGate {
+    /// A new ledger for `tenant` and its gate.
+    pub fn new(tenant: TenantId) -> Result<Self, BoxErr> {
+        let dir = tempfile::tempdir()?;
+        let signer = LedgerSigner::tenant(tenant, &SignerSeed::generate()?)?;
+        let runtime = RuntimeState::new(15, 0x000B, vec![0; 32])?;
+        let gate = Gate::create(&dir.path().join("ledger"), signer, runtime)?;
+        Ok(BenchGate { gate, _dir: dir })
+    }
+
+    /// A token for `op` on record `key` of `vault`.
+    pub fn for_key(&self, vault: &Vault, op: OpKind, key: &str) -> Result<Attested, BoxErr> {
+        let actor = Actor { role: Role::TenantUser, subject: OarDigest::None };
+        Ok(self.gate.attest(OarDraft::new(actor, op, vault.key_target(key)?, OarDigest::None))?)
+    }
+
+    /// A token for a whole-vault operation (`VaultList`, which also covers `verify`).
+    pub fn for_vault(&self, op: OpKind) -> Result<Attested, BoxErr> {
+        let actor = Actor { role: Role::TenantUser, subject: OarDigest::None };
+        Ok(self.gate.attest(OarDraft::new(actor, op, Target::None, OarDigest::None))?)
+    }
+
+    /// Queues the succeeded outcome of `token`'s operation without waiting for it to be durable.
+    pub fn done(&self, token: Attested) -> Result<(), BoxErr> {
+        Ok(self.gate.complete_later(token, Outcome::success(OarDigest::None))?)
+    }
 }
