@@ -36,40 +36,54 @@ pub fn workspace_root() -> PathBuf {
     here.parent().map(Path::to_path_buf).unwrap_or_else(|| here.to_path_buf())
 }
 
-/// The path of the real `bulwark` binary: `$BULWARK_BIN` if set, else `bulwark` in the target profile
-/// directory this test executable was built into (`target/<profile>/deps/<test>` →
-/// `target/<profile>/bulwark`). When it is absent, builds it once with `cargo build -p bulwark-appliance`
-/// into that same target dir.
-pub fn bulwark_bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(p) = std::env::var_os("BULWARK_BIN") {
-            let p = PathBuf::from(p);
-            assert!(p.is_file(), "BULWARK_BIN={} is not a file", p.display());
-            return p;
-        }
-        let exe = std::env::current_exe().expect("cannot locate the test executable");
-        let deps = exe.parent().expect("test executable has no parent directory");
-        let profile_dir = if deps.file_name().is_some_and(|n| n == "deps") {
-            deps.parent().expect("deps directory has no parent")
-        } else {
-            deps
-        };
-        let bin = profile_dir.join("bulwark");
-        if !bin.is_file() {
-            build_bulwark(profile_dir);
-        }
-        assert!(bin.is_file(), "bulwark binary not found at {} even after building it", bin.display());
-        bin
-    })
+/// The target profile directory this test executable was built into (`target/<profile>/deps/<test>` →
+/// `target/<profile>`).
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("cannot locate the test executable");
+    let deps = exe.parent().expect("test executable has no parent directory");
+    if deps.file_name().is_some_and(|n| n == "deps") {
+        deps.parent().expect("deps directory has no parent").to_path_buf()
+    } else {
+        deps.to_path_buf()
+    }
 }
 
-fn build_bulwark(profile_dir: &Path) {
+/// A workspace binary `name` of package `package`: `$env_var` if set, else `name` in the target profile
+/// directory this test executable was built into. When it is absent, builds it with
+/// `cargo build -p <package>` into that same target dir.
+fn workspace_bin(name: &str, package: &str, env_var: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(env_var) {
+        let p = PathBuf::from(p);
+        assert!(p.is_file(), "{env_var}={} is not a file", p.display());
+        return p;
+    }
+    let profile_dir = profile_dir();
+    let bin = profile_dir.join(name);
+    if !bin.is_file() {
+        build_package(&profile_dir, package);
+    }
+    assert!(bin.is_file(), "{name} binary not found at {} even after building it", bin.display());
+    bin
+}
+
+/// The real `bulwark` binary (`$BULWARK_BIN` overrides), built once if absent.
+pub fn bulwark_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| workspace_bin("bulwark", "bulwark-appliance", "BULWARK_BIN"))
+}
+
+/// The real `bulwark-verify` binary (`$BULWARK_VERIFY_BIN` overrides), built once if absent.
+pub fn verify_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| workspace_bin("bulwark-verify", "bulwark-verify", "BULWARK_VERIFY_BIN"))
+}
+
+fn build_package(profile_dir: &Path, package: &str) {
     let target_dir = profile_dir.parent().expect("profile directory has no parent");
     let profile = profile_dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.current_dir(workspace_root()).env("CARGO_TARGET_DIR", target_dir).args(["build", "-p", "bulwark-appliance"]);
+    cmd.current_dir(workspace_root()).env("CARGO_TARGET_DIR", target_dir).args(["build", "-p", package]);
     match profile {
         "debug" => {}
         "release" => {
@@ -79,8 +93,8 @@ fn build_bulwark(profile_dir: &Path) {
             cmd.args(["--profile", other]);
         }
     }
-    let status = cmd.status().expect("cannot run cargo to build the bulwark binary");
-    assert!(status.success(), "cargo build -p bulwark-appliance failed: {status}");
+    let status = cmd.status().unwrap_or_else(|e| panic!("cannot run cargo to build {package}: {e}"));
+    assert!(status.success(), "cargo build -p {package} failed: {status}");
 }
 
 /// The result of one finished child process.

@@ -7,50 +7,12 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 
 use bulwark_appliance::ids::TenantId;
 use bulwark_appliance::secret::SecretKey;
 use bulwark_appliance::vault::{Vault, VaultError};
 use bulwark_ledger::oar::{Entry, OpKind, Status};
-use bulwark_tests::{Env, Run, TestGate, bulwark_bin, files_under, run_cmd};
-
-/// The `bulwark-verify` binary beside `bulwark` in the same target profile directory; built once with
-/// `cargo build -p bulwark-verify` into that target dir when it is absent.
-fn verify_bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(p) = std::env::var_os("BULWARK_VERIFY_BIN") {
-            let p = PathBuf::from(p);
-            assert!(p.is_file(), "BULWARK_VERIFY_BIN={} is not a file", p.display());
-            return p;
-        }
-        let profile_dir = bulwark_bin().parent().expect("bulwark binary has a parent directory").to_path_buf();
-        let bin = profile_dir.join("bulwark-verify");
-        if !bin.is_file() {
-            let target_dir = profile_dir.parent().expect("profile directory has no parent");
-            let profile = profile_dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug");
-            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-            let mut cmd = Command::new(cargo);
-            cmd.current_dir(bulwark_tests::workspace_root())
-                .env("CARGO_TARGET_DIR", target_dir)
-                .args(["build", "-p", "bulwark-verify"]);
-            match profile {
-                "debug" => {}
-                "release" => {
-                    cmd.arg("--release");
-                }
-                other => {
-                    cmd.args(["--profile", other]);
-                }
-            }
-            let status = cmd.status().expect("cannot run cargo to build bulwark-verify");
-            assert!(status.success(), "cargo build -p bulwark-verify failed: {status}");
-        }
-        assert!(bin.is_file(), "bulwark-verify not found at {} even after building it", bin.display());
-        bin
-    })
-}
+use bulwark_tests::{Env, Run, TestGate, files_under, run_cmd, verify_bin};
 
 /// Runs `bulwark-verify BUNDLE --key KEY [--appliance-key A]`.
 fn verify(bundle: &Path, key: &Path, appliance_key: Option<&Path>) -> Run {
