@@ -14,7 +14,6 @@
 //! ```
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -85,21 +84,9 @@ pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DataDirError
     move |source| DataDirError::Io { path: path.to_path_buf(), source }
 }
 
-/// Writes `bytes` to `path` atomically and durably: temp file, fsync, rename, fsync of the directory.
-pub fn write_durable(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
-    ));
-    {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    fs::rename(&tmp, path)?;
-    fs::File::open(dir)?.sync_all()
-}
+/// Writes `bytes` to `path` atomically and durably (temp file, fsync, rename, fsync of the directory): the
+/// ledger crate's implementation, so the whole appliance has one.
+pub use bulwark_ledger::fsutil::write_durable;
 
 impl DataDir {
     /// The data dir at `root` (not touched until used). A relative path is made absolute so the
