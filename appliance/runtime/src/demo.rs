@@ -96,6 +96,24 @@ pub fn run(parent: &Path, tpm_choice: &str) -> Fallible {
     println!("    that read was attested first: OAR #{} in trading's ledger", receipt.index());
     println!("    vault verified: {} record(s)", t.verify()?.0);
 
+    step(7, "An auditor's view: export trading's ledger and verify it offline against pinned public keys.");
+    let bundle = root.join("audit-bundle-trading");
+    let appliance = app.appliance_ledger()?;
+    t.export(&appliance, &bundle)?;
+    let opts = bulwark_ledger::audit::AuditOptions {
+        tenant_key: t.public_key().clone(),
+        appliance_key: Some(appliance.public_key().clone()),
+        tenant: Some(trading.record.id),
+        allow_pending: false,
+        known: Vec::new(),
+    };
+    let report = bulwark_ledger::audit::verify_bundle(&bundle, &opts, &bulwark_ledger::audit::NoProgress)?;
+    println!(
+        "    {}: {} OARs, each with its outcome, under {} ML-DSA-65-signed checkpoints; verified",
+        report.tenant.scope, report.tenant.oars, report.tenant.checkpoints
+    );
+    println!("    (the same check runs on an air-gapped machine: bulwark-verify {} --key <trading.pem>)", bundle.display());
+
     println!("\nWalkthrough complete. Data dir left for inspection: {}", root.display());
     Ok(())
 }
