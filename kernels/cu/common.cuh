@@ -136,3 +136,28 @@ template <int CH> __device__ __forceinline__ int swz(int row, int chunk) {
 template <int CH> __device__ __forceinline__ int tile_off(int row, int chunk) {
     return row * (CH * 8) + swz<CH>(row, chunk) * 8;
 }
+
+// LayerNorm of one row held by one warp: lane `lane` holds v[i] for column i*WARP+lane (0 past H) and
+// `sum` is its partial sum of those values. Two-pass variance in f32; writes gamma/beta-scaled output to `o`.
+// Shared by the fused embedding kernel and the plain LayerNorm kernel.
+template <typename E, int MAXV>
+__device__ __forceinline__ void warp_layernorm_store(const float (&v)[MAXV], float sum, int H, int lane, float eps,
+                                                     const float* __restrict__ gamma,
+                                                     const float* __restrict__ beta, u16* __restrict__ o) {
+    const float mean = warp_sum(sum) / (float)H;
+    float sq = 0.f;
+#pragma unroll
+    for (int i = 0; i < MAXV; i++) {
+        const int c = i * WARP + lane;
+        if (c < H) {
+            const float d = v[i] - mean;
+            sq += d * d;
+        }
+    }
+    const float rstd = rsqrtf(warp_sum(sq) / (float)H + eps);
+#pragma unroll
+    for (int i = 0; i < MAXV; i++) {
+        const int c = i * WARP + lane;
+        if (c < H) o[c] = from_f32<E>((v[i] - mean) * rstd * gamma[c] + beta[c]);
+    }
+}

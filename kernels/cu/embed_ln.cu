@@ -38,22 +38,7 @@ __device__ __forceinline__ void embed_ln(const u32* __restrict__ ids, const u32*
             sum += v[i];
         }
     }
-    const float mean = warp_sum(sum) / (float)H;
-    float sq = 0.f;
-#pragma unroll
-    for (int i = 0; i < EMB_MAXV; i++) {
-        const int c = i * WARP + lane;
-        if (c < H) {
-            const float d = v[i] - mean;
-            sq += d * d;
-        }
-    }
-    const float rstd = rsqrtf(warp_sum(sq) / (float)H + eps);
-#pragma unroll
-    for (int i = 0; i < EMB_MAXV; i++) {
-        const int c = i * WARP + lane;
-        if (c < H) o[c] = from_f32<E>((v[i] - mean) * rstd * gamma[c] + beta[c]);
-    }
+    warp_layernorm_store<E, EMB_MAXV>(v, sum, H, lane, eps, gamma, beta, o);
 }
 
 extern "C" __global__ void __launch_bounds__(256)
