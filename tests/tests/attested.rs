@@ -70,7 +70,8 @@ fn attested_operations_export_and_verify_offline() {
 
     // The tenant's operations: each one through the CLI is one OAR and one outcome in its ledger.
     let mut ops: Vec<(OpKind, bool)> = Vec::new();
-    let put = env.run_stdin(&["vault", "put", "--tenant", &legal.id, "contract/2026", "--json"], b"Indemnity capped").ok();
+    let put =
+        env.run_stdin(&["vault", "put", "--tenant", &legal.id, "contract/2026", "--json"], b"Indemnity capped").ok();
     let receipt = put.json()["receipt"].as_str().expect("vault put --json prints a receipt").to_string();
     assert!(!receipt.is_empty(), "empty receipt");
     ops.push((OpKind::VaultPut, true));
@@ -173,7 +174,10 @@ fn attested_operations_export_and_verify_offline() {
             }
         }
     }
-    bulwark_tests::log_line(&format!("bundle of {} files: {flips} single-byte flips, accepted: {accepted:?}", files.len()));
+    bulwark_tests::log_line(&format!(
+        "bundle of {} files: {flips} single-byte flips, accepted: {accepted:?}",
+        files.len()
+    ));
     assert!(accepted.is_empty(), "flips the verifier accepted: {accepted:#?}");
     // Every flip was restored: the bundle verifies again.
     assert_eq!(code(&verify(&bundle, &legal_pem, Some(&app_pem))), Some(0));

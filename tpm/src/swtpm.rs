@@ -191,7 +191,8 @@ fn free_port_pair() -> Result<u16, SwtpmError> {
     }
     const LOW: u32 = 10_000;
     const SPAN: u32 = 22_000;
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     let start = (nanos ^ std::process::id().rotate_left(16)) % SPAN;
     for i in 0..SPAN / 2 {
         let Ok(p) = u16::try_from(LOW + (start + 2 * i) % SPAN) else { continue };

@@ -140,10 +140,8 @@ impl DataDir {
             return Err(DataDirError::AlreadyInitialised(self.root.clone()));
         }
         fs::create_dir_all(self.root.join("tenants")).map_err(io_err(&self.root))?;
-        let text = toml::to_string(config).map_err(|e| DataDirError::Io {
-            path: self.config_path(),
-            source: std::io::Error::other(e),
-        })?;
+        let text = toml::to_string(config)
+            .map_err(|e| DataDirError::Io { path: self.config_path(), source: std::io::Error::other(e) })?;
         let pp = self.profile_path();
         write_durable(&pp, profile_bytes).map_err(io_err(&pp))?;
         // Config last: its presence marks the dir as initialised.
@@ -200,7 +198,11 @@ mod tests {
     fn unknown_config_keys_are_refused() {
         let d = tempfile::tempdir().unwrap();
         let dd = DataDir::new(d.path()).unwrap();
-        std::fs::write(dd.config_path(), "layout_version = 1\nprofile = \"x\"\nappliance_id = \"y\"\nsurprise = true\n").unwrap();
+        std::fs::write(
+            dd.config_path(),
+            "layout_version = 1\nprofile = \"x\"\nappliance_id = \"y\"\nsurprise = true\n",
+        )
+        .unwrap();
         assert!(matches!(dd.load_config(), Err(DataDirError::BadConfig { .. })));
     }
 }

@@ -22,7 +22,10 @@ pub fn run(parent: &Path, tpm_choice: &str) -> Fallible {
     let root = parent.join(format!("demo-{stamp}"));
     println!("Bulwark walkthrough in {}", root.display());
 
-    step(1, "Provision the appliance: choose the hardware profile, create the TPM storage root key, measure the runtime.");
+    step(
+        1,
+        "Provision the appliance: choose the hardware profile, create the TPM storage root key, measure the runtime.",
+    );
     let dd = DataDir::new(&root)?;
     let (mut app, _appliance_recovery) = Appliance::init(dd.clone(), tpm_choice, None, false)?;
     let managed = app.machine_mut().is_managed_swtpm();
@@ -82,12 +85,17 @@ pub fn run(parent: &Path, tpm_choice: &str) -> Fallible {
     app.machine_mut().tpm.pcr_extend(crate::measure::tpm_pcr(pcr)?, &[(bank, digest.as_slice())])?;
     println!("    extended PCR {pcr} with a random digest");
     match app.unlock(legal.record.id) {
-        Err(e @ ApplianceError::MeasuredStateChanged { .. }) => println!("    unlock legal refused, as it must be:\n      {e}"),
+        Err(e @ ApplianceError::MeasuredStateChanged { .. }) => {
+            println!("    unlock legal refused, as it must be:\n      {e}")
+        }
         Err(e) => return Err(format!("unlock failed, but not for the expected reason: {e}").into()),
         Ok(_) => return Err("unlock succeeded after the measured state changed: the seal does not hold".into()),
     }
 
-    step(6, "Restart cleanly (the swtpm power-cycles, the runtime measures itself again): trading's data is untouched.");
+    step(
+        6,
+        "Restart cleanly (the swtpm power-cycles, the runtime measures itself again): trading's data is untouched.",
+    );
     drop(app);
     let mut app = Appliance::open(dd, tpm_choice)?;
     let t = app.unlock(trading.record.id)?;
@@ -112,7 +120,10 @@ pub fn run(parent: &Path, tpm_choice: &str) -> Fallible {
         "    {}: {} OARs, each with its outcome, under {} ML-DSA-65-signed checkpoints; verified",
         report.tenant.scope, report.tenant.oars, report.tenant.checkpoints
     );
-    println!("    (the same check runs on an air-gapped machine: bulwark-verify {} --key <trading.pem>)", bundle.display());
+    println!(
+        "    (the same check runs on an air-gapped machine: bulwark-verify {} --key <trading.pem>)",
+        bundle.display()
+    );
 
     println!("\nWalkthrough complete. Data dir left for inspection: {}", root.display());
     Ok(())

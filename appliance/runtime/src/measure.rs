@@ -96,11 +96,12 @@ pub fn run_stage(
         Measurements::measure::<TpmError>(profile, &exe, config_bytes).map_err(MeasureError::Failed)?
     };
     let mut dev = TpmPcrs(&machine.tpm);
-    let report = runtime::measure_or_verify(&mut dev, &runtime::log_path(dd.root()), profile, &measurements)
-        .map_err(|e| match e {
+    let report = runtime::measure_or_verify(&mut dev, &runtime::log_path(dd.root()), profile, &measurements).map_err(
+        |e| match e {
             RuntimeError::NotReplaying { .. } | RuntimeError::RuntimeChanged { .. } => MeasureError::StateChanged(e),
             other => MeasureError::Failed(other),
-        })?;
+        },
+    )?;
     let value = report.values.get(&profile.seal_bank()).cloned().unwrap_or_default();
     Ok(Measured {
         pcr: u8::try_from(report.pcr.get()).unwrap_or(u8::MAX),

@@ -230,9 +230,7 @@ fn seal_with(cipher: &Aes256GcmSiv, aad: &[u8], plaintext: &[u8]) -> Envelope {
     let mut nonce = [0u8; 12];
     rand::rngs::OsRng.fill_bytes(&mut nonce);
     // GCM-SIV encryption only fails for inputs over 2^36 bytes, far above MAX_VALUE_LEN.
-    let ciphertext = cipher
-        .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad })
-        .unwrap_or_default();
+    let ciphertext = cipher.encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad }).unwrap_or_default();
     Envelope { version: 0, nonce, ciphertext }
 }
 
@@ -419,9 +417,8 @@ impl Vault {
                 }
                 None => 0,
             };
-            version = prev_version
-                .checked_add(1)
-                .ok_or_else(|| VaultError::Integrity("record version overflow".into()))?;
+            version =
+                prev_version.checked_add(1).ok_or_else(|| VaultError::Integrity("record version overflow".into()))?;
             let mut env = seal_with(&self.cipher, &aad(AAD_RECORD, &self.tenant, key, version), value);
             env.version = version;
             let bytes = postcard::to_stdvec(&env).map_err(corrupt)?;
@@ -512,7 +509,8 @@ impl Vault {
         let env = decode_envelope(&bytes)?;
         let mut plain = open_with(&self.cipher, &aad(AAD_SECRET, &self.tenant, name, 0), &env)
             .ok_or_else(|| VaultError::Integrity(format!("secret {name:?} does not authenticate")))?;
-        SecretKey::take_from(&mut plain).ok_or_else(|| VaultError::Integrity(format!("secret {name:?} has the wrong length")))
+        SecretKey::take_from(&mut plain)
+            .ok_or_else(|| VaultError::Integrity(format!("secret {name:?} has the wrong length")))
     }
 
     fn verify_unguarded(&self) -> Result<usize, VaultError> {
@@ -557,16 +555,14 @@ impl Vault {
 }
 
 fn read_digest(meta: &impl ReadableTable<&'static str, &'static [u8]>) -> Result<[u8; 32], VaultError> {
-    let v = meta
-        .get(META_DIGEST)
-        .map_err(corrupt)?
-        .ok_or_else(|| VaultError::Integrity("set digest missing".into()))?;
+    let v =
+        meta.get(META_DIGEST).map_err(corrupt)?.ok_or_else(|| VaultError::Integrity("set digest missing".into()))?;
     <[u8; 32]>::try_from(v.value()).map_err(|_| VaultError::Integrity("set digest has the wrong length".into()))
 }
 
 fn decode_envelope(bytes: &[u8]) -> Result<EnvelopeRef<'_>, VaultError> {
-    let (env, rest): (EnvelopeRef<'_>, &[u8]) = postcard::take_from_bytes(bytes)
-        .map_err(|_| VaultError::Integrity("stored record is malformed".into()))?;
+    let (env, rest): (EnvelopeRef<'_>, &[u8]) =
+        postcard::take_from_bytes(bytes).map_err(|_| VaultError::Integrity("stored record is malformed".into()))?;
     if !rest.is_empty() {
         return Err(VaultError::Integrity("stored record has trailing bytes".into()));
     }
