@@ -749,7 +749,6 @@ mod tests {
         let w = world(2);
         let (_t, b) = bundle(&w);
         let full = verify_bundle(&b, &opts(&w), &NoProgress).unwrap();
-        let held = std::fs::read_to_string(b.join("tenant/checkpoint")).unwrap();
 
         // `checkpoint` replaced by an older one.
         let older = std::fs::read(b.join("tenant/checkpoints/002")).unwrap();
@@ -768,43 +767,26 @@ mod tests {
         let e = verify_bundle(&b3b, &opts(&w), &NoProgress).unwrap_err().to_string();
         assert!(e.contains("tenant/tile/0/000.p/4") && e.contains("truncated"), "{e}");
 
-        // A consistently cut-back bundle (older state, every file coherent) verifies on its own but not
-        // against a checkpoint the auditor already holds.
-        let short = tempfile::tempdir().unwrap();
-        let sdir = short.path().join("tenant-ledger");
-        copy_dir(&w.tenant_dir, &sdir);
-        std::fs::write(sdir.join("checkpoint"), &older).unwrap();
-        let notes = crate::history::read_all(&sdir).unwrap();
-        let kept: Vec<u8> = notes[..3]
-            .iter()
-            .flat_map(|t| {
-                let mut r = u32::try_from(t.len()).unwrap().to_be_bytes().to_vec();
-                r.extend_from_slice(t.as_bytes());
-                r
-            })
-            .collect();
-        std::fs::write(sdir.join(crate::history::segment_path(0)), kept).unwrap();
-        let (l, _) = Ledger::open(&sdir, LedgerScope::Tenant(w.tenant), &w.tenant_key).unwrap();
-        assert_eq!(l.checkpoint().head().size, 2);
-        drop(l);
-        let b4 = short.path().join("bundle");
-        export_bundle(&sdir, &w.appliance_dir, &w.tenant_key, &w.appliance_key, &b4).unwrap();
-        let mut o = opts(&w);
-        o.allow_pending = true;
-        verify_bundle(&b4, &o, &NoProgress).unwrap();
-        o.known = vec![held];
+        // A consistently cut-back bundle (an export taken at an older state, every file coherent)
+        // verifies on its own but not against a checkpoint the auditor already holds.
+        let young = world(1);
+        let (_t4, b4) = bundle(&young);
+        let scope = LedgerScope::Tenant(young.tenant);
+        let gate =
+            Gate::open(&young.tenant_dir, LedgerSigner::new(scope, &young.tenant_seed).unwrap(), runtime()).unwrap();
+        let att = gate.attest(put("later")).unwrap();
+        gate.complete(att, crate::Outcome::success(crate::Digest::None)).unwrap();
+        gate.close().unwrap();
+        let (_t5, b5) = bundle(&young);
+        let later = verify_bundle(&b5, &opts(&young), &NoProgress).unwrap();
+        assert_eq!(later.tenant.head.size, 4);
+        let held_later = std::fs::read_to_string(b5.join("tenant/checkpoint")).unwrap();
+        let mut o = opts(&young);
+        assert_eq!(verify_bundle(&b4, &o, &NoProgress).unwrap().tenant.head.size, 2);
+        o.known = vec![held_later];
         let e = verify_bundle(&b4, &o, &NoProgress).unwrap_err().to_string();
         assert!(e.contains("truncated or rolled back"), "{e}");
         assert_eq!(full.tenant.head.size, 4);
-    }
-
-    fn copy_dir(from: &Path, to: &Path) {
-        walk_files(from, &mut |rel| {
-            let dst = to.join(rel);
-            std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
-            std::fs::copy(from.join(rel), dst).unwrap();
-        })
-        .unwrap();
     }
 
     #[test]
@@ -833,6 +815,7 @@ mod tests {
         let scope = LedgerScope::Tenant(w.tenant);
         let gate = Gate::open(&w.tenant_dir, LedgerSigner::new(scope, &w.tenant_seed).unwrap(), runtime()).unwrap();
         let att = gate.attest(put("in flight")).unwrap();
+        gate.sync_tiles().unwrap();
         let (_t, b) = bundle(&w);
         let e = verify_bundle(&b, &opts(&w), &NoProgress).unwrap_err().to_string();
         assert!(e.contains("entry 2") && e.contains("no outcome"), "{e}");

@@ -62,8 +62,21 @@ impl Spares {
         self.lists.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// A spare file to reuse. A spare that still shares its inode with another name (a crash between
+    /// [`Spares::keep_replaced`]'s link and the rename that should have followed it leaves the live
+    /// file's inode in the pool) is unlinked instead: writing into it would overwrite that live file.
     fn take_file(&self) -> Option<PathBuf> {
-        self.lists().files.pop()
+        use std::os::unix::fs::MetadataExt as _;
+        loop {
+            let spare = self.lists().files.pop()?;
+            match fs::metadata(&spare) {
+                Ok(m) if m.is_file() && m.nlink() == 1 => return Some(spare),
+                Ok(_) => {
+                    let _ = fs::remove_file(&spare);
+                }
+                Err(_) => {}
+            }
+        }
     }
 
     fn take_dir(&self) -> Option<PathBuf> {
@@ -375,5 +388,26 @@ mod tests {
         assert_eq!(fs::read(&p).unwrap(), b"two");
         let names: Vec<_> = fs::read_dir(d.path().join("a/b")).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, vec![std::ffi::OsString::from("c.txt")]);
+    }
+
+    #[test]
+    fn a_spare_that_aliases_a_live_file_is_never_written() {
+        let d = tempfile::tempdir().unwrap();
+        let live = d.path().join("checkpoint");
+        fs::write(&live, b"live bytes").unwrap();
+        // What a crash between keep_replaced's link and its rename leaves behind.
+        fs::create_dir(d.path().join("spare")).unwrap();
+        fs::hard_link(&live, d.path().join("spare/f0")).unwrap();
+        fs::write(d.path().join("spare/f1"), b"old spare").unwrap();
+        let spares = Spares::open(d.path()).unwrap();
+        let mut dirty = BTreeSet::new();
+        for name in ["a", "b", "c"] {
+            let st = stage(&d.path().join(format!("t/{name}")), name.as_bytes(), &mut dirty, Some(&spares)).unwrap();
+            publish(vec![st], &mut dirty, Some(&spares)).unwrap();
+        }
+        assert_eq!(fs::read(&live).unwrap(), b"live bytes");
+        assert_eq!(fs::read(d.path().join("t/a")).unwrap(), b"a");
+        assert_eq!(fs::read(d.path().join("t/c")).unwrap(), b"c");
+        assert!(!d.path().join("spare/f0").exists(), "the aliasing spare was unlinked");
     }
 }

@@ -2,11 +2,15 @@
 //!
 //! A [`Gate`] owns one ledger and its signer on a committer thread. [`Gate::attest`] hands an
 //! [`OarDraft`] to the committer and blocks; the committer gathers every request that arrived meanwhile
-//! (group commit, up to [`MAX_BATCH`]), appends them, fsyncs tiles and bundles, signs ONE checkpoint
-//! over the new tree head (ML-DSA-65, in parallel with the writes), writes the checkpoint durably and
-//! only then answers each caller with an [`Attested`] token carrying its c2sp.org/tlog-proof
-//! [`Receipt`]. If anything in that chain fails, every caller in the batch gets an error, the ledger is
-//! re-read from disk and no token is minted, so the operation cannot start.
+//! (group commit, up to [`MAX_BATCH`]), appends them, signs ONE checkpoint over the new tree head
+//! (ML-DSA-65), writes the batch and that checkpoint as one journal record and `fdatasync`s it, and only
+//! then answers each caller with an [`Attested`] token carrying its c2sp.org/tlog-proof [`Receipt`]. If
+//! anything in that chain fails, every caller in the batch gets an error, the ledger is re-read from
+//! disk and no token is minted, so the operation cannot start.
+//!
+//! A second thread, the tiler, writes journaled batches into the tlog tiles, `checkpoint` and the
+//! history in the background ([`crate::ledger::Materialization`]): after 1,024 journaled entries, after
+//! 100 ms without requests (see [`GateOptions`]), and when the gate closes. Tile writes never delay a batch.
 //!
 //! [`Attested`] has private fields and no constructor outside this module: an operation that requires
 //! `&Attested` cannot be called without a durable OAR. After the operation, [`Gate::complete`] appends
@@ -20,7 +24,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::ledger::{Ledger, LedgerError, PendingOar, Prepared, Recovered};
+use crate::ledger::{Ledger, LedgerError, Materialization, PendingOar, Recovered};
 use crate::oar::{
     Digest, Entry, EntryError, LedgerScope, MAX_APPROVALS, Oar, OarDraft, OpKind, Outcome, OutcomeRecord, RuntimeState,
     Status, Target, TreeHead,
@@ -30,6 +34,24 @@ use crate::signer::{LedgerPublicKey, LedgerSigner};
 
 /// Most requests one durable batch (one signature) covers.
 pub const MAX_BATCH: usize = 4096;
+
+/// When the tiler writes journaled batches into the tiles. The defaults suit production; tests lower
+/// them to exercise crashes during tile writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GateOptions {
+    /// Journaled entries after which the tiler is started on them (default 1,024).
+    pub materialize_entries: u64,
+    /// Journaled bytes after which the tiler is started on them (default 8 MiB).
+    pub materialize_bytes: u64,
+    /// How long the gate waits without requests before writing journaled batches (default 100 ms).
+    pub idle: std::time::Duration,
+}
+
+impl Default for GateOptions {
+    fn default() -> Self {
+        Self { materialize_entries: 1024, materialize_bytes: 8 << 20, idle: std::time::Duration::from_millis(100) }
+    }
+}
 
 /// Proof that an operation's OAR is durably in the ledger under a signed checkpoint. Only the gate can
 /// make one. Vault (and every other) operation takes `&Attested` and checks [`Attested::require`].
@@ -107,6 +129,7 @@ impl Drop for Attested {
 
 enum Request {
     Attest { draft: OarDraft, reply: SyncSender<Result<Minted, LedgerError>> },
+    SyncTiles { reply: SyncSender<Result<TreeHead, LedgerError>> },
     Complete { counter: u64, status: Status, result: Digest, reply: Option<SyncSender<Result<Receipt, LedgerError>>> },
 }
 
@@ -169,17 +192,33 @@ impl Gate {
     /// Create a new ledger at `dir` (which must not exist) and open its gate.
     pub fn create(dir: &Path, signer: LedgerSigner, runtime: RuntimeState) -> Result<Gate, LedgerError> {
         let (ledger, rec) = Ledger::create(dir, &signer)?;
-        Self::start(ledger, rec, signer, runtime)
+        Self::start(ledger, rec, signer, runtime, GateOptions::default())
     }
 
     /// Open the existing ledger at `dir` with its signer. Recovery runs first (see [`Ledger::open`]); OARs
     /// left without an outcome by a crash get an `Interrupted` outcome before any new operation.
     pub fn open(dir: &Path, signer: LedgerSigner, runtime: RuntimeState) -> Result<Gate, LedgerError> {
-        let (ledger, rec) = Ledger::open(dir, signer.scope(), signer.public_key())?;
-        Self::start(ledger, rec, signer, runtime)
+        Self::open_with(dir, signer, runtime, GateOptions::default())
     }
 
-    fn start(ledger: Ledger, rec: Recovered, signer: LedgerSigner, runtime: RuntimeState) -> Result<Gate, LedgerError> {
+    /// [`Gate::open`] with explicit [`GateOptions`].
+    pub fn open_with(
+        dir: &Path,
+        signer: LedgerSigner,
+        runtime: RuntimeState,
+        options: GateOptions,
+    ) -> Result<Gate, LedgerError> {
+        let (ledger, rec) = Ledger::open(dir, signer.scope(), signer.public_key())?;
+        Self::start(ledger, rec, signer, runtime, options)
+    }
+
+    fn start(
+        ledger: Ledger,
+        rec: Recovered,
+        signer: LedgerSigner,
+        runtime: RuntimeState,
+        options: GateOptions,
+    ) -> Result<Gate, LedgerError> {
         let scope = signer.scope();
         let public = signer.public_key().clone();
         let cp = ledger.checkpoint().clone();
@@ -189,6 +228,7 @@ impl Gate {
             published: Mutex::new(Published { head: cp.head(), checkpoint: cp.text().to_string() }),
         });
         let mut committer = Committer {
+            options,
             ledger,
             signer,
             runtime,
@@ -260,6 +300,15 @@ impl Gate {
         self.shared.submit(Request::Complete { counter: attested.counter, status, result: outcome.result, reply: None })
     }
 
+    /// Write every batch journaled so far into the tlog tiles, `checkpoint` and the history, and wait
+    /// for it; returns the tree head the tiles now hold. Call it before reading the ledger directory
+    /// from outside the gate (an export): until then the newest batches may be in the journal only.
+    pub fn sync_tiles(&self) -> Result<TreeHead, LedgerError> {
+        let (tx, rx) = sync_channel(1);
+        self.shared.submit(Request::SyncTiles { reply: tx })?;
+        rx.recv().map_err(|_| LedgerError::Closed)?
+    }
+
     /// The ledger this gate writes.
     pub fn scope(&self) -> LedgerScope {
         self.scope
@@ -302,6 +351,7 @@ impl Drop for Gate {
 }
 
 struct Committer {
+    options: GateOptions,
     ledger: Ledger,
     signer: LedgerSigner,
     runtime: RuntimeState,
@@ -331,89 +381,54 @@ impl Done {
     }
 }
 
-/// A reply that may only be sent once its batch's checkpoint is durable.
-enum Reply {
-    Attest(SyncSender<Result<Minted, LedgerError>>, Result<Minted, LedgerError>),
-    Complete(Option<SyncSender<Result<Receipt, LedgerError>>>, Result<Receipt, LedgerError>),
-}
-
-impl Reply {
-    fn send(self) {
-        match self {
-            Reply::Attest(tx, r) => {
-                let _ = tx.send(r);
-            }
-            Reply::Complete(Some(tx), r) => {
-                let _ = tx.send(r);
-            }
-            Reply::Complete(None, _) => {}
-        }
-    }
-
-    fn fail(self, why: &str) {
-        let err = || LedgerError::Unavailable(why.to_string());
-        match self {
-            Reply::Attest(tx, _) => {
-                let _ = tx.send(Err(err()));
-            }
-            Reply::Complete(Some(tx), _) => {
-                let _ = tx.send(Err(err()));
-            }
-            Reply::Complete(None, _) => {}
-        }
-    }
-}
-
-/// A prepared batch on its way to the publisher thread.
-struct Job {
-    prepared: Prepared,
-    replies: Vec<Reply>,
-}
-
+/// The tiler's state, shared with the committer.
 #[derive(Default)]
-struct PubState {
-    outstanding: usize,
+struct TilerState {
+    busy: bool,
     failed: Option<String>,
+    /// Size of the newest materialization written.
+    done: u64,
 }
 
-/// The publisher writes checkpoints in order while the committer prepares the next batch (a two-stage
-/// pipeline: batch k+1's tiles and signature overlap batch k's checkpoint fsyncs).
+/// The background writer of journaled batches into the tiles.
 #[derive(Default)]
-struct Publisher {
-    state: Mutex<PubState>,
+struct Tiler {
+    state: Mutex<TilerState>,
     idle: Condvar,
 }
 
-fn publisher_loop(jobs: Receiver<Job>, pubs: Arc<Publisher>, shared: Arc<Shared>) {
-    for job in jobs {
-        let failed = lock(&pubs.state).failed.clone();
-        let result = match failed {
-            Some(why) => Err(why),
-            None => job.prepared.publish().map_err(|e| error_chain(&e)),
-        };
+impl Tiler {
+    /// If the last materialization failed: wait for the tiler to be idle and return why.
+    fn wait_idle_if_failed(&self) -> Option<String> {
+        lock(&self.state).failed.as_ref()?;
+        self.wait_idle().failed.clone()
+    }
+
+    /// Wait until no materialization is in flight; returns its outcome.
+    fn wait_idle(&self) -> MutexGuard<'_, TilerState> {
+        let mut st = lock(&self.state);
+        while st.busy {
+            st = self.idle.wait(st).unwrap_or_else(PoisonError::into_inner);
+        }
+        st
+    }
+}
+
+fn tiler_loop(work: Receiver<Materialization>, tiler: Arc<Tiler>) {
+    for m in work {
+        let result = m.write();
+        let mut st = lock(&tiler.state);
         match result {
-            Ok(cp) => {
-                {
-                    let mut p = lock(&shared.published);
-                    p.head = cp.head();
-                    p.checkpoint = cp.text().to_string();
-                }
-                for r in job.replies {
-                    r.send();
-                }
-            }
-            Err(why) => {
-                tracing::error!(error = %why, "ledger checkpoint write failed; no operation in the batch runs");
-                lock(&pubs.state).failed.get_or_insert_with(|| why.clone());
-                for r in job.replies {
-                    r.fail(&why);
-                }
+            Ok(size) => st.done = st.done.max(size),
+            Err(e) => {
+                let why = error_chain(&e);
+                tracing::error!(error = %why, "writing journaled batches into the tiles failed; the journal keeps them");
+                st.failed = Some(why);
             }
         }
-        let mut st = lock(&pubs.state);
-        st.outstanding -= 1;
+        st.busy = false;
         drop(st);
-        pubs.idle.notify_all();
+        tiler.idle.notify_all();
     }
 }
 
@@ -457,16 +472,16 @@ impl Committer {
     }
 
     fn run(mut self) {
-        let pubs = Arc::new(Publisher::default());
-        let (jobs, rx) = sync_channel::<Job>(1);
-        let publisher = {
-            let (pubs, shared) = (Arc::clone(&pubs), Arc::clone(&self.shared));
-            std::thread::Builder::new().name("ledger-publish".into()).spawn(move || publisher_loop(rx, pubs, shared))
+        let tiler = Arc::new(Tiler::default());
+        let (work, rx) = sync_channel::<Materialization>(1);
+        let handle = {
+            let tiler = Arc::clone(&tiler);
+            std::thread::Builder::new().name("ledger-tiles".into()).spawn(move || tiler_loop(rx, tiler))
         };
-        let publisher = match publisher {
+        let handle = match handle {
             Ok(h) => Some(h),
             Err(e) => {
-                self.poisoned = Some(format!("cannot start the publisher thread: {e}"));
+                self.poisoned = Some(format!("cannot start the tile writer thread: {e}"));
                 None
             }
         };
@@ -474,7 +489,18 @@ impl Committer {
             let batch: Vec<Request> = {
                 let mut q = lock(&self.shared.queue);
                 while q.items.is_empty() && !q.closed {
-                    q = self.shared.wake.wait(q).unwrap_or_else(PoisonError::into_inner);
+                    if self.ledger.has_unmaterialized() {
+                        let (g, timeout) =
+                            self.shared.wake.wait_timeout(q, self.options.idle).unwrap_or_else(PoisonError::into_inner);
+                        q = g;
+                        if timeout.timed_out() && q.items.is_empty() {
+                            drop(q);
+                            self.materialize(&tiler, &work, true);
+                            q = lock(&self.shared.queue);
+                        }
+                    } else {
+                        q = self.shared.wake.wait(q).unwrap_or_else(PoisonError::into_inner);
+                    }
                 }
                 if q.items.is_empty() {
                     break;
@@ -482,15 +508,111 @@ impl Committer {
                 let n = q.items.len().min(MAX_BATCH);
                 q.items.drain(..n).collect()
             };
-            self.process(batch, &jobs, &pubs);
+            self.process(batch, &tiler);
+            self.materialize(&tiler, &work, false);
         }
-        drop(jobs);
-        if let Some(h) = publisher {
+        drop(work);
+        if let Some(h) = handle {
             let _ = h.join();
+        }
+        // Leave the tiles complete, so that an export after this process ends sees every entry.
+        if self.poisoned.is_none() {
+            let failed = lock(&tiler.state).failed.take();
+            let result = match failed {
+                Some(_) => self.ledger.recover().map(|_| ()),
+                None => match self.ledger.begin_materialize() {
+                    Some(m) => m.write().map(|size| self.ledger.materialized(size)),
+                    None => Ok(()),
+                },
+            };
+            if let Err(e) = result {
+                tracing::error!(ledger = %self.ledger.scope(), error = %error_chain(&e), "could not write the journal into the tiles at close; the next open will");
+            }
         }
     }
 
-    fn process(&mut self, batch: Vec<Request>, jobs: &SyncSender<Job>, pubs: &Publisher) {
+    /// Hand journaled batches to the tiler when it is idle and enough have gathered (or `idle`).
+    fn materialize(&mut self, tiler: &Tiler, work: &SyncSender<Materialization>, idle: bool) {
+        if self.poisoned.is_some() || !self.ledger.has_unmaterialized() {
+            return;
+        }
+        let (entries, bytes) = self.ledger.journal_backlog();
+        if !idle && entries < self.options.materialize_entries && bytes < self.options.materialize_bytes {
+            return;
+        }
+        {
+            let st = lock(&tiler.state);
+            if st.busy || st.failed.is_some() {
+                return;
+            }
+            self.ledger.materialized(st.done);
+        }
+        let Some(m) = self.ledger.begin_materialize() else { return };
+        lock(&tiler.state).busy = true;
+        if let Err(std::sync::mpsc::SendError(_)) = work.send(m) {
+            let mut st = lock(&tiler.state);
+            st.busy = false;
+            st.failed = Some("the tile writer thread stopped".into());
+        }
+    }
+
+    fn process(&mut self, batch: Vec<Request>, tiler: &Tiler) {
+        let mut syncs = Vec::new();
+        let batch: Vec<Request> = batch
+            .into_iter()
+            .filter_map(|r| match r {
+                Request::SyncTiles { reply } => {
+                    syncs.push(reply);
+                    None
+                }
+                other => Some(other),
+            })
+            .collect();
+        if !batch.is_empty() {
+            self.process_ops(batch, tiler);
+        }
+        if !syncs.is_empty() {
+            let result = self.sync_tiles(tiler).map_err(|e| error_chain(&e));
+            for tx in syncs {
+                let _ = tx.send(result.clone().map_err(LedgerError::Unavailable));
+            }
+        }
+    }
+
+    /// Write everything journaled into the tiles on this thread, once the tiler is idle.
+    fn sync_tiles(&mut self, tiler: &Tiler) -> Result<TreeHead, LedgerError> {
+        if let Some(why) = tiler.wait_idle_if_failed() {
+            self.recover(tiler, &why);
+        }
+        if let Some(reason) = &self.poisoned {
+            return Err(LedgerError::Unavailable(reason.clone()));
+        }
+        let mut st = tiler.wait_idle();
+        self.ledger.materialized(st.done);
+        if let Some(m) = self.ledger.begin_materialize() {
+            match m.write() {
+                Ok(size) => {
+                    st.done = st.done.max(size);
+                    self.ledger.materialized(size);
+                }
+                Err(e) => {
+                    st.failed = Some(error_chain(&e));
+                    return Err(e);
+                }
+            }
+        }
+        Ok(self.ledger.checkpoint().head())
+    }
+
+    fn process_ops(&mut self, batch: Vec<Request>, tiler: &Tiler) {
+        // A failed materialization leaves the journal ahead of the tiles: re-read (which replays and
+        // writes the journal) before anything new goes in.
+        if self.poisoned.is_none() {
+            let failed = tiler.wait_idle_if_failed();
+            if let Some(why) = failed {
+                self.recover(tiler, &why);
+            }
+        }
         if let Some(reason) = &self.poisoned {
             for req in batch {
                 match req {
@@ -500,7 +622,7 @@ impl Committer {
                     Request::Complete { reply: Some(reply), .. } => {
                         let _ = reply.send(Err(LedgerError::Unavailable(reason.clone())));
                     }
-                    Request::Complete { reply: None, .. } => {}
+                    Request::Complete { reply: None, .. } | Request::SyncTiles { .. } => {}
                 }
             }
             return;
@@ -524,70 +646,64 @@ impl Committer {
                         }
                     }
                 }
+                Request::SyncTiles { .. } => {}
             }
         }
         if done.is_empty() {
             return;
         }
-        // A failed earlier publication invalidates what was prepared on top of it.
-        let earlier = lock(&pubs.state).failed.clone();
-        let prepared: Result<Prepared, String> = match earlier {
-            Some(why) => Err(why),
-            None => self.ledger.prepare(&self.signer).map_err(|e| error_chain(&e)),
-        };
-        let prepared = match prepared {
-            Ok(p) => p,
-            Err(why) => {
+        let cp = match self.ledger.journal_commit(&self.signer) {
+            Ok(cp) => cp,
+            Err(e) => {
+                let why = error_chain(&e);
                 tracing::error!(ledger = %self.ledger.scope(), error = %why, "ledger write failed; no operation in the batch runs");
                 for d in done {
                     d.fail(&why);
                 }
-                self.recover(pubs, &why);
+                self.recover(tiler, &why);
                 return;
             }
         };
-        let size = prepared.checkpoint().head().size;
-        let checkpoint: Arc<str> = Arc::from(prepared.checkpoint().text());
-        let replies = done
-            .into_iter()
-            .map(|d| {
-                let (index, bytes) = match &d {
-                    Done::Attest { index, bytes, .. } | Done::Complete { index, bytes, .. } => (*index, bytes.clone()),
-                };
-                let receipt = self
-                    .ledger
-                    .inclusion_proof(index, size)
-                    .map(|proof| Receipt::new(index, bytes, proof, Arc::clone(&checkpoint)));
-                match d {
-                    Done::Attest { reply, counter, index, .. } => {
-                        Reply::Attest(reply, receipt.map(|receipt| Minted { counter, index, receipt }))
-                    }
-                    Done::Complete { reply, .. } => Reply::Complete(reply, receipt),
+        {
+            let mut p = lock(&self.shared.published);
+            p.head = cp.head();
+            p.checkpoint = cp.text().to_string();
+        }
+        let size = cp.head().size;
+        let checkpoint: Arc<str> = Arc::from(cp.text());
+        for d in done {
+            let (index, bytes) = match &d {
+                Done::Attest { index, bytes, .. } | Done::Complete { index, bytes, .. } => (*index, bytes.clone()),
+            };
+            let receipt = self
+                .ledger
+                .inclusion_proof(index, size)
+                .map(|proof| Receipt::new(index, bytes, proof, Arc::clone(&checkpoint)));
+            match d {
+                Done::Attest { reply, counter, index, .. } => {
+                    let _ = reply.send(receipt.map(|receipt| Minted { counter, index, receipt }));
                 }
-            })
-            .collect();
-        lock(&pubs.state).outstanding += 1;
-        if let Err(std::sync::mpsc::SendError(job)) = jobs.send(Job { prepared, replies }) {
-            lock(&pubs.state).outstanding -= 1;
-            let why = "the publisher thread stopped".to_string();
-            for r in job.replies {
-                r.fail(&why);
+                Done::Complete { reply: Some(reply), .. } => {
+                    let _ = reply.send(receipt);
+                }
+                Done::Complete { reply: None, .. } => {}
             }
-            self.poisoned = Some(why);
         }
     }
 
-    /// After a failed write: wait until no publication is in flight, then re-read the ledger from disk.
-    fn recover(&mut self, pubs: &Publisher, why: &str) {
-        let mut st = lock(&pubs.state);
-        while st.outstanding > 0 {
-            st = pubs.idle.wait(st).unwrap_or_else(PoisonError::into_inner);
-        }
-        drop(st);
+    /// After a failed write: wait until the tiler is idle, then re-read the ledger from disk (tiles,
+    /// then the journal replayed into them).
+    fn recover(&mut self, tiler: &Tiler, why: &str) {
+        let mut st = tiler.wait_idle();
         match self.ledger.recover() {
             Ok(rec) => {
                 self.adopt(rec);
-                lock(&pubs.state).failed = None;
+                st.failed = None;
+                st.done = self.ledger.checkpoint().head().size;
+                let cp = self.ledger.checkpoint();
+                let mut p = lock(&self.shared.published);
+                p.head = cp.head();
+                p.checkpoint = cp.text().to_string();
             }
             Err(e2) => {
                 let why2 = error_chain(&e2);
@@ -764,30 +880,47 @@ mod tests {
     }
 
     #[test]
-    fn unwritable_ledger_mints_no_token() {
+    fn unwritable_tiles_stop_the_gate_and_lose_nothing() {
         let d = tempfile::tempdir().unwrap();
         let dir = d.path().join("t");
-        let (gate, _, _) = tenant_gate(&dir);
+        let (gate, scope, seed) = tenant_gate(&dir);
         let att = gate.attest(put("ok")).unwrap();
         gate.complete(att, Outcome::success(Digest::None)).unwrap();
-        // A regular file where the tile directory must be: every write fails, and so does recovery.
-        std::fs::remove_dir_all(dir.join("tile")).unwrap();
+        assert_eq!(gate.sync_tiles().unwrap().size, 2);
+        // A regular file where the tile directory must be: writing tiles fails, and so does recovery.
+        std::fs::rename(dir.join("tile"), d.path().join("tile.saved")).unwrap();
         std::fs::write(dir.join("tile"), b"not a directory").unwrap();
+        // The journal still takes batches: this operation is acknowledged.
+        let att = gate.attest(put("journaled")).unwrap();
+        gate.complete(att, Outcome::success(Digest::None)).unwrap();
+        assert!(gate.sync_tiles().is_err());
         let err = gate.attest(put("no")).unwrap_err();
         assert!(matches!(err, LedgerError::Unavailable(_)), "{err:?}");
         let err = gate.attest(put("still no")).unwrap_err();
         assert!(matches!(err, LedgerError::Unavailable(_)), "{err:?}");
+        drop(gate);
+        // Repaired, the ledger comes back with every acknowledged entry.
+        std::fs::remove_file(dir.join("tile")).unwrap();
+        std::fs::rename(d.path().join("tile.saved"), dir.join("tile")).unwrap();
+        let gate = Gate::open(&dir, LedgerSigner::new(scope, &seed).unwrap(), runtime()).unwrap();
+        assert_eq!(gate.head().size, 4);
+        gate.close().unwrap();
+        let (l, rec) =
+            Ledger::open(&dir, scope, &LedgerSigner::new(scope, &seed).unwrap().public_key().clone()).unwrap();
+        assert_eq!(l.checkpoint().head().size, 4);
+        assert!(rec.pending.is_empty());
     }
 
     #[test]
-    fn unwritable_checkpoint_mints_no_token() {
+    fn unwritable_checkpoint_stops_the_gate() {
         let d = tempfile::tempdir().unwrap();
         let dir = d.path().join("t");
         let (gate, _, _) = tenant_gate(&dir);
         let att = gate.attest(put("ok")).unwrap();
         gate.complete(att, Outcome::success(Digest::None)).unwrap();
-        // Tiles can be written but the checkpoint cannot: the publication step fails.
+        // Tiles can be written but the checkpoint cannot: materializing fails, then recovery does.
         std::fs::create_dir(dir.join("checkpoint.bulwark-tmp")).unwrap();
+        assert!(gate.sync_tiles().is_err());
         let err = gate.attest(put("no")).unwrap_err();
         assert!(matches!(err, LedgerError::Unavailable(_)), "{err:?}");
         assert!(gate.attest(put("still no")).is_err());

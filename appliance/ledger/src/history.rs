@@ -1,9 +1,14 @@
 //! The ledger's history of every checkpoint it ever issued, as append-only segment files
 //! `history/<K>` (K in tile-index path form), each holding up to [`SEGMENT_RECORDS`] records
-//! `u32 big-endian length || checkpoint note`. Appending a record costs one write and one fdatasync and
-//! no new file (a new segment every 1,024 checkpoints), which keeps the per-batch cost of "keep every
-//! checkpoint" flat. A record torn by a crash can only be the last one of the last segment (its batch
-//! was never acknowledged); opening the history cuts it off.
+//! `u32 big-endian length || checkpoint note`. Checkpoints are appended in groups (all those issued
+//! through the journal since the last materialization) with one write and one fdatasync per segment
+//! touched, and no new file except every 1,024 checkpoints.
+//!
+//! A crash during an append can leave any of the records of that last group damaged, in any order,
+//! since the file's pages reach the disk in no particular order. Those checkpoints are still in the
+//! journal (a journal file is reused only after the append succeeded), so opening the history cuts the
+//! last segment at its first record that is not a well-formed note of this ledger, and then drops
+//! trailing records whose signature does not verify; recovery appends them again from the journal.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write as _};
@@ -67,7 +72,21 @@ pub struct History {
     ledger_dir: PathBuf,
     segment: u64,
     records: usize,
+    /// Tree size of the newest record (appends at or below it are skipped).
+    newest: Option<u64>,
     file: File,
+}
+
+/// Cheap structural check of one record of `scope`'s history: UTF-8, no NUL, the origin line first,
+/// a final newline. A record damaged by a torn write fails it (or, failing that, the signature check).
+fn well_formed(record: &[u8], scope: &LedgerScope) -> bool {
+    let origin = scope.origin();
+    record.len() > origin.len() + 1
+        && record.starts_with(origin.as_bytes())
+        && record[origin.len()] == b'\n'
+        && record.ends_with(b"\n")
+        && !record.contains(&0)
+        && std::str::from_utf8(record).is_ok()
 }
 
 impl History {
@@ -88,10 +107,18 @@ impl History {
             let bytes = fs::read(&path).map_err(io_err(&path))?;
             let (mut records, mut end) = split_records(&bytes);
             let is_last = pos + 1 == ks.len();
-            // A last record that does not verify was torn by a crash (never acknowledged).
-            if is_last && let Some(last) = records.last() {
-                let ok = std::str::from_utf8(last).ok().and_then(|t| SignedCheckpoint::verify(t, scope, key).ok());
-                if ok.is_none() {
+            if is_last {
+                // Records damaged by a crash during the last append (never all acknowledged there; the
+                // journal still holds them).
+                if let Some(bad) = records.iter().position(|r| !well_formed(r, scope)) {
+                    end = records[..bad].iter().map(|r| 4 + r.len()).sum();
+                    records.truncate(bad);
+                }
+                while let Some(last) = records.last() {
+                    let ok = std::str::from_utf8(last).ok().and_then(|t| SignedCheckpoint::verify(t, scope, key).ok());
+                    if ok.is_some() {
+                        break;
+                    }
                     end -= 4 + last.len();
                     records.pop();
                 }
@@ -106,7 +133,7 @@ impl History {
                 tracing::warn!(
                     segment = rel,
                     bytes = bytes.len() - end,
-                    "cut a torn checkpoint record (never acknowledged)"
+                    "cut checkpoint records damaged by a crash (recovery writes them again from the journal)"
                 );
             }
             if current.is_none() {
@@ -134,31 +161,59 @@ impl History {
         if !existed {
             sync_parent(&path)?;
         }
-        Ok((History { ledger_dir: ledger_dir.to_path_buf(), segment, records, file }, newest))
+        let newest_size = newest.as_ref().map(|c: &SignedCheckpoint| c.head().size);
+        Ok((History { ledger_dir: ledger_dir.to_path_buf(), segment, records, newest: newest_size, file }, newest))
     }
 
-    /// Append one checkpoint durably (write, fdatasync; a new segment file every 1,024 records).
+    /// Tree size of the newest checkpoint recorded.
+    pub fn newest_size(&self) -> Option<u64> {
+        self.newest
+    }
+
+    /// Append one checkpoint durably (see [`History::append_all`]).
     pub fn append(&mut self, cp: &SignedCheckpoint) -> Result<(), LedgerError> {
-        if self.records >= SEGMENT_RECORDS {
-            let next = self.segment + 1;
-            let path = self.ledger_dir.join(segment_path(next));
-            if let Some(parent) = path.parent() {
-                fs::create_dir_all(parent).map_err(io_err(parent))?;
+        self.append_all(std::slice::from_ref(cp))
+    }
+
+    /// Append checkpoints durably, in order: one write and one fdatasync per segment touched (a new
+    /// segment file every 1,024 records). Checkpoints not larger than the newest one already recorded
+    /// are skipped (recovery may offer some again).
+    pub fn append_all(&mut self, cps: &[SignedCheckpoint]) -> Result<(), LedgerError> {
+        let mut buf = Vec::new();
+        for cp in cps {
+            if self.newest.is_some_and(|n| cp.head().size <= n) {
+                continue;
             }
-            self.file = OpenOptions::new().create(true).append(true).open(&path).map_err(io_err(&path))?;
-            sync_parent(&path)?;
-            self.segment = next;
-            self.records = 0;
+            if self.records >= SEGMENT_RECORDS {
+                self.flush(&mut buf)?;
+                let next = self.segment + 1;
+                let path = self.ledger_dir.join(segment_path(next));
+                if let Some(parent) = path.parent() {
+                    fs::create_dir_all(parent).map_err(io_err(parent))?;
+                }
+                self.file = OpenOptions::new().create(true).append(true).open(&path).map_err(io_err(&path))?;
+                sync_parent(&path)?;
+                self.segment = next;
+                self.records = 0;
+            }
+            let text = cp.text().as_bytes();
+            let len = u32::try_from(text.len()).map_err(|_| LedgerError::Unavailable("checkpoint too large".into()))?;
+            buf.extend_from_slice(&len.to_be_bytes());
+            buf.extend_from_slice(text);
+            self.records += 1;
+            self.newest = Some(cp.head().size);
         }
-        let text = cp.text().as_bytes();
-        let len = u32::try_from(text.len()).map_err(|_| LedgerError::Unavailable("checkpoint too large".into()))?;
-        let mut rec = Vec::with_capacity(4 + text.len());
-        rec.extend_from_slice(&len.to_be_bytes());
-        rec.extend_from_slice(text);
+        self.flush(&mut buf)
+    }
+
+    fn flush(&mut self, buf: &mut Vec<u8>) -> Result<(), LedgerError> {
+        if buf.is_empty() {
+            return Ok(());
+        }
         let path = self.ledger_dir.join(segment_path(self.segment));
-        self.file.write_all(&rec).map_err(io_err(&path))?;
+        self.file.write_all(buf).map_err(io_err(&path))?;
         self.file.sync_data().map_err(io_err(&path))?;
-        self.records += 1;
+        buf.clear();
         Ok(())
     }
 }

@@ -1,17 +1,27 @@
 //! One ledger directory: a tlog-tiles tree, every signed checkpoint, crash-safe appends and recovery.
 //!
 //! Layout (FORMATS.md §5): `LEDGER` (format marker and origin), `key.pub.pem`, `lock`, `checkpoint` (the
-//! latest), `history/<K>` (every checkpoint ever issued, in append-only segments, see [`crate::history`]),
-//! `tile/<L>/<N>[.p/<W>]`, `tile/entries/<N>[.p/<W>]` and `spare/` (recycled inodes).
+//! latest written to the tiles), `history/<K>` (every checkpoint ever issued, in append-only segments,
+//! see [`crate::history`]), `tile/<L>/<N>[.p/<W>]`, `tile/entries/<N>[.p/<W>]`, `journal.0`/`journal.1`
+//! (the write-ahead journal, see [`crate::journal`]) and `spare/` (recycled inodes).
 //!
-//! A commit writes every changed tile and entry bundle (temp file, fsync, rename), fsyncs their
-//! directories, and only then writes the signed checkpoint: `checkpoint` (temp file, fsync, rename, fsync
-//! of the directory) and the history (append, fdatasync). An entry is acknowledged only once that
-//! checkpoint is durable. Recovery on open adopts
-//! the newest valid checkpoint found in either place, rebuilds the tree from the tiles for that size,
-//! checks its root against the checkpoint, and deletes everything beyond it (appends that were written
-//! but never checkpointed were never acknowledged, so nothing acknowledged is lost). It then finds the
-//! OARs still waiting for an outcome (using the newest OAR's low-water mark, so only the tail is read).
+//! Two ways make appended entries durable:
+//! - [`Ledger::journal_commit`] signs a checkpoint over the new head and writes the entries and that
+//!   checkpoint as one journal record (one write, one `fdatasync`). The batch may be acknowledged when it
+//!   returns. The gate uses this for every batch.
+//! - A [`Materialization`] (taken with [`Ledger::begin_materialize`], written by any thread) moves
+//!   everything journaled into the tiles in the crash-safe order: every changed tile and entry bundle
+//!   (temp file, fsync, rename), fsync of their directories, and only then the newest checkpoint
+//!   (`checkpoint`: temp file, fsync, rename, fsync of the directory) and every checkpoint issued since
+//!   the last one into the history (append, fdatasync). [`Ledger::commit`] does both halves at once,
+//!   without the journal.
+//!
+//! Recovery on open adopts the newest valid checkpoint found in `checkpoint` or the history, rebuilds
+//! the tree from the tiles for that size, checks its root against the checkpoint and deletes tile data
+//! beyond it; then it replays the journal records beyond that size (each record's checkpoint must verify
+//! and match the rebuilt root) and writes them into the tiles. A record torn by a crash was never
+//! acknowledged, so nothing acknowledged is lost. It then finds the OARs still waiting for an outcome
+//! (using the newest OAR's low-water mark, so only the tail is read).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
@@ -22,6 +32,7 @@ use std::sync::{Arc, Mutex};
 use crate::fsutil::{self, Spares, TMP_SUFFIX};
 use crate::hash::Hash;
 use crate::history::{self, History};
+use crate::journal::{Journal, JournalRecord};
 use crate::merkle::{self, MerkleError};
 use crate::note::{NoteError, SignedCheckpoint};
 use crate::oar::{Entry, EntryError, LedgerScope, TreeHead};
@@ -151,6 +162,13 @@ pub struct Ledger {
     checkpoint: SignedCheckpoint,
     spares: Arc<Spares>,
     history: Arc<Mutex<History>>,
+    journal: Journal,
+    /// Entries appended since the last journal record or commit.
+    unjournaled: Vec<Vec<u8>>,
+    /// Checkpoints issued through the journal and not yet written to the tiles and history.
+    issued: Vec<SignedCheckpoint>,
+    /// Size of the tree the tile files hold.
+    materialized: u64,
     _lock: File,
 }
 
@@ -246,11 +264,91 @@ impl Ledger {
         let (tree, checkpoint, history, removed) = load_state(dir, &scope, key)?;
         let spares = Spares::open(dir).map_err(io_err(dir))?;
         let history = Arc::new(Mutex::new(history));
-        let ledger =
-            Ledger { dir: dir.to_path_buf(), scope, key: key.clone(), tree, checkpoint, spares, history, _lock: lock };
+        let (journal, records) = Journal::open(dir)?;
+        let materialized = checkpoint.head().size;
+        let mut ledger = Ledger {
+            dir: dir.to_path_buf(),
+            scope,
+            key: key.clone(),
+            tree,
+            checkpoint,
+            spares,
+            history,
+            journal,
+            unjournaled: Vec::new(),
+            issued: Vec::new(),
+            materialized,
+            _lock: lock,
+        };
+        ledger.replay(records)?;
         let mut rec = ledger.scan_pending()?;
         rec.removed_files = removed;
         Ok((ledger, rec))
+    }
+
+    /// Apply the journal records beyond the tiles, check each against its signed checkpoint, and
+    /// write the result into the tiles; afterwards both journal files are free.
+    fn replay(&mut self, records: Vec<JournalRecord>) -> Result<(), LedgerError> {
+        let in_history = self.history.lock().unwrap_or_else(std::sync::PoisonError::into_inner).newest_size();
+        let missing = |size: u64| in_history.is_none_or(|h| h < size);
+        let tiles_cp = self.checkpoint.clone();
+        let mut tiles_cp_queued = !missing(tiles_cp.head().size);
+        for r in records {
+            let size = self.tree.size();
+            if r.end() <= size {
+                // Already in the tiles; its checkpoint may still be missing from the history (a crash
+                // during the history append).
+                if missing(r.end()) {
+                    let cp = SignedCheckpoint::verify(&r.checkpoint, &self.scope, &self.key)
+                        .map_err(|source| LedgerError::Checkpoint { path: "journal".into(), source })?;
+                    tiles_cp_queued |= cp.head().size == tiles_cp.head().size;
+                    self.issued.push(cp);
+                }
+                continue;
+            }
+            if !tiles_cp_queued {
+                self.issued.push(tiles_cp.clone());
+                tiles_cp_queued = true;
+            }
+            if r.start != size {
+                return Err(LedgerError::Corrupt {
+                    path: "journal".into(),
+                    what: format!("a record starts at entry {}, the ledger holds {size}", r.start),
+                });
+            }
+            for e in &r.entries {
+                self.tree.append_entry(e);
+            }
+            let cp = SignedCheckpoint::verify(&r.checkpoint, &self.scope, &self.key)
+                .map_err(|source| LedgerError::Checkpoint { path: "journal".into(), source })?;
+            let root = merkle::root(&self.tree, r.end())?;
+            if cp.head() != (TreeHead { size: r.end(), root }) {
+                return Err(LedgerError::Corrupt {
+                    path: "journal".into(),
+                    what: format!("the record's entries give root {root} at size {}, its checkpoint differs", r.end()),
+                });
+            }
+            self.checkpoint = cp.clone();
+            self.issued.push(cp);
+        }
+        if !tiles_cp_queued {
+            self.issued.push(tiles_cp);
+        }
+        if !self.issued.is_empty() {
+            tracing::info!(
+                ledger = %self.scope,
+                checkpoints = self.issued.len(),
+                size = self.tree.size(),
+                "writing journaled batches into the tiles"
+            );
+            if let Some(m) = self.begin_materialize() {
+                let size = m.write()?;
+                self.materialized = size;
+            }
+        }
+        // Everything is in the tiles now: whichever file comes next may be overwritten.
+        self.journal.switch();
+        Ok(())
     }
 
     /// Re-read the ledger's state from disk after a failed commit left memory ahead of the disk: adopt
@@ -258,9 +356,15 @@ impl Ledger {
     /// outcomes. The lock stays held.
     pub fn recover(&mut self) -> Result<Recovered, LedgerError> {
         let (tree, checkpoint, history, removed) = load_state(&self.dir, &self.scope, &self.key)?;
+        let (journal, records) = Journal::open(&self.dir)?;
+        self.materialized = checkpoint.head().size;
         self.tree = tree;
         self.checkpoint = checkpoint;
         self.history = Arc::new(Mutex::new(history));
+        self.journal = journal;
+        self.unjournaled.clear();
+        self.issued.clear();
+        self.replay(records)?;
         let mut rec = self.scan_pending()?;
         rec.removed_files = removed;
         Ok(rec)
@@ -269,6 +373,7 @@ impl Ledger {
     fn scan_pending(&self) -> Result<Recovered, LedgerError> {
         let size = self.checkpoint.head().size;
         let mut rec = Recovered::default();
+        debug_assert_eq!(size, self.materialized, "pending OARs are scanned after replay");
         let mut reader = EntryReader::new(&self.dir, self.scope, size);
         let mut last_oar = None;
         let mut i = size;
@@ -331,7 +436,7 @@ impl Ledger {
         &self.key
     }
 
-    /// The latest durable signed checkpoint.
+    /// The latest durable signed checkpoint (journaled or in the tiles).
     pub fn checkpoint(&self) -> &SignedCheckpoint {
         &self.checkpoint
     }
@@ -346,59 +451,96 @@ impl Ledger {
         Ok(merkle::root(&self.tree, self.tree.size())?)
     }
 
-    /// Append one encoded entry in memory; it becomes durable with the next [`Ledger::commit`].
+    /// Append one encoded entry in memory; it becomes durable with the next [`Ledger::journal_commit`]
+    /// or [`Ledger::commit`].
     pub fn append(&mut self, entry: &[u8]) -> Hash {
+        self.unjournaled.push(entry.to_vec());
         self.tree.append_entry(entry)
     }
 
-    /// Make everything appended durable: [`Ledger::prepare`] then [`Prepared::publish`]. On error the
-    /// ledger must be re-read with [`Ledger::recover`] before further use.
-    pub fn commit(&mut self, signer: &LedgerSigner) -> Result<SignedCheckpoint, LedgerError> {
-        self.prepare(signer)?.publish()
+    /// Make everything appended durable through the journal: sign a checkpoint over the new head and
+    /// write the new entries with it as one record (one write, one `fdatasync`). The checkpoint may be
+    /// handed out (in receipts) when this returns. On error the ledger must be re-read with
+    /// [`Ledger::recover`] before further use.
+    pub fn journal_commit(&mut self, signer: &LedgerSigner) -> Result<SignedCheckpoint, LedgerError> {
+        let cp = self.sign_head(signer)?;
+        let start = cp.head().size - self.unjournaled.len() as u64;
+        self.journal.append(start, &self.unjournaled, cp.text())?;
+        self.unjournaled.clear();
+        self.checkpoint = cp.clone();
+        self.issued.push(cp.clone());
+        Ok(cp)
     }
 
-    /// First half of a commit: write every changed tile and bundle under a temporary name, fsync them
-    /// together and rename them into place, while another thread signs a checkpoint over the new head.
-    /// The checkpoint is not written yet: [`Prepared::publish`] does that, and may run on another thread
-    /// while the next batch is prepared (publications must happen in preparation order). On error the
-    /// ledger must be re-read with [`Ledger::recover`] before further use.
-    pub fn prepare(&mut self, signer: &LedgerSigner) -> Result<Prepared, LedgerError> {
-        let changes = self.tree.take_changes();
+    fn sign_head(&self, signer: &LedgerSigner) -> Result<SignedCheckpoint, LedgerError> {
         let size = self.tree.size();
-        let root = merkle::root(&self.tree, size)?;
-        let head = TreeHead { size, root };
-        let dir = self.dir.clone();
-        let (signed, written) = std::thread::scope(|s| {
-            let signing = s.spawn(|| SignedCheckpoint::sign(signer, head));
-            let written = stage_changes(&dir, &changes, &self.spares);
-            (signing.join(), written)
-        });
-        let tile_dirs = written?;
-        let cp = match signed {
-            Ok(r) => r.map_err(|source| LedgerError::Checkpoint { path: "checkpoint".into(), source })?,
-            Err(_) => return Err(LedgerError::Unavailable("the signing thread panicked".into())),
-        };
+        let head = TreeHead { size, root: merkle::root(&self.tree, size)? };
+        SignedCheckpoint::sign(signer, head)
+            .map_err(|source| LedgerError::Checkpoint { path: "checkpoint".into(), source })
+    }
+
+    /// Make everything appended durable in the tiles directly (no journal): sign, then write tiles,
+    /// `checkpoint` and history in the crash-safe order. For rare writes (ledger set-up, recovery); the
+    /// gate journals instead. Must not run while a [`Materialization`] taken earlier is being written.
+    /// On error the ledger must be re-read with [`Ledger::recover`] before further use.
+    pub fn commit(&mut self, signer: &LedgerSigner) -> Result<SignedCheckpoint, LedgerError> {
+        let cp = self.sign_head(signer)?;
+        self.unjournaled.clear();
+        self.checkpoint = cp.clone();
+        self.issued.push(cp.clone());
+        if let Some(m) = self.begin_materialize() {
+            self.materialized = m.write()?;
+        }
+        Ok(cp)
+    }
+
+    /// Entries journaled since the active journal file became active.
+    pub fn journal_backlog(&self) -> (u64, u64) {
+        (self.journal.active_entries(), self.journal.active_bytes())
+    }
+
+    /// Whether journaled batches wait to be written into the tiles.
+    pub fn has_unmaterialized(&self) -> bool {
+        !self.issued.is_empty()
+    }
+
+    /// Take everything journaled so far for writing into the tiles (on any thread, see
+    /// [`Materialization::write`]); `None` when there is nothing to write or when entries were appended
+    /// but not yet journaled. The journal moves on to its other file, so the caller must not call this
+    /// again before the returned work has been written successfully (after a failure, [`Ledger::recover`]
+    /// first).
+    pub fn begin_materialize(&mut self) -> Option<Materialization> {
+        if self.issued.is_empty() || !self.unjournaled.is_empty() {
+            return None;
+        }
+        let changes = self.tree.take_changes();
         // Partial tiles of tiles that are now full are no longer needed (tlog-tiles allows deleting them).
         let mut obsolete = Vec::new();
         for (level, n, _, width) in &changes.tiles {
             if *width == TILE_WIDTH {
-                obsolete.push(dir.join(format!("{}.p", tiles::tile_path(*level, *n, TILE_WIDTH))));
+                obsolete.push(self.dir.join(format!("{}.p", tiles::tile_path(*level, *n, TILE_WIDTH))));
             }
         }
         for (n, _, width) in &changes.bundles {
             if *width == TILE_WIDTH {
-                obsolete.push(dir.join(format!("{}.p", tiles::entries_path(*n, TILE_WIDTH))));
+                obsolete.push(self.dir.join(format!("{}.p", tiles::entries_path(*n, TILE_WIDTH))));
             }
         }
-        self.checkpoint = cp.clone();
-        Ok(Prepared {
-            dir,
+        self.journal.switch();
+        Some(Materialization {
+            dir: self.dir.clone(),
             spares: Arc::clone(&self.spares),
             history: Arc::clone(&self.history),
-            cp,
-            tile_dirs,
+            cp: self.checkpoint.clone(),
+            issued: std::mem::take(&mut self.issued),
+            changes,
             obsolete,
         })
+    }
+
+    /// Record that a [`Materialization`] of the tree of `size` entries was written.
+    pub fn materialized(&mut self, size: u64) {
+        self.materialized = self.materialized.max(size);
     }
 
     /// Inclusion proof of entry `index` in the tree of `size` entries (both within what is appended).
@@ -414,9 +556,10 @@ impl Ledger {
         Ok(merkle::consistency_proof(&self.tree, old, new)?)
     }
 
-    /// The bytes of committed entry `index`.
+    /// The bytes of entry `index` as the tile files hold it (entries still only in the journal are not
+    /// there yet).
     pub fn entry(&self, index: u64) -> Result<Vec<u8>, LedgerError> {
-        EntryReader::new(&self.dir, self.scope, self.checkpoint.head().size).raw(index)
+        EntryReader::new(&self.dir, self.scope, self.materialized).raw(index)
     }
 }
 
@@ -428,8 +571,7 @@ fn load_state(
     key: &LedgerPublicKey,
 ) -> Result<(Tree, SignedCheckpoint, History, usize), LedgerError> {
     let latest = read_checkpoint(dir, scope, key, "checkpoint")?;
-    let (mut history, hist) = History::open(dir, scope, key)?;
-    let hist_text = hist.as_ref().map(|h| h.text().to_string());
+    let (history, hist) = History::open(dir, scope, key)?;
     let cp = match (latest, hist) {
         (None, None) => {
             return Err(LedgerError::Corrupt { path: "checkpoint".into(), what: "no checkpoint at all".into() });
@@ -445,10 +587,8 @@ fn load_state(
         }
     };
     let head = cp.head();
-    // Make both places agree on the adopted checkpoint (a crash can leave either one behind).
-    if hist_text.as_deref() != Some(cp.text()) {
-        history.append(&cp)?;
-    }
+    // `checkpoint` must name the adopted checkpoint (a crash can leave it behind the history); the
+    // history catches up in `Ledger::replay`, in order with the journal's checkpoints.
     let latest_path = dir.join("checkpoint");
     if fs::read(&latest_path).ok().as_deref() != Some(cp.text().as_bytes()) {
         fsutil::write_durable(&latest_path, cp.text().as_bytes()).map_err(io_err(&latest_path))?;
@@ -468,40 +608,44 @@ fn load_state(
     Ok((tree, cp, history, removed))
 }
 
-/// A batch whose tiles are written and whose checkpoint is signed but not yet durable.
+/// Journaled batches on their way into the tiles: the changed tiles and bundles, the newest checkpoint
+/// and every checkpoint issued since the last materialization.
 #[derive(Debug)]
-#[must_use = "a prepared batch is acknowledged only once published"]
-pub struct Prepared {
+#[must_use = "the journal is only free again once this is written"]
+pub struct Materialization {
     dir: PathBuf,
     spares: Arc<Spares>,
     history: Arc<Mutex<History>>,
     cp: SignedCheckpoint,
-    tile_dirs: BTreeSet<PathBuf>,
+    issued: Vec<SignedCheckpoint>,
+    changes: tiles::Changes,
     obsolete: Vec<PathBuf>,
 }
 
-impl Prepared {
-    /// The signed checkpoint this batch will publish.
+impl Materialization {
+    /// The newest checkpoint this writes.
     pub fn checkpoint(&self) -> &SignedCheckpoint {
         &self.cp
     }
 
-    /// Second half of a commit: fsync the tiles' directories together with the checkpoint's temporary
-    /// file, rename it over `checkpoint`, then fsync that directory while appending the checkpoint to the
-    /// history (write + fdatasync). The batch is durable, and may be acknowledged, when this returns.
-    pub fn publish(self) -> Result<SignedCheckpoint, LedgerError> {
+    /// Write it: tiles and bundles (temp file, fsync, rename), then their directories' fsync together
+    /// with the checkpoint's temporary file, the checkpoint renamed over `checkpoint`, and finally that
+    /// directory's fsync while the issued checkpoints are appended to the history (write, fdatasync).
+    /// Returns the size now in the tiles.
+    pub fn write(self) -> Result<u64, LedgerError> {
         let dir = &self.dir;
+        let tile_dirs = stage_changes(dir, &self.changes, &self.spares)?;
         let mut cp_dirs = BTreeSet::new();
         let latest = dir.join("checkpoint");
         let staged = vec![
             fsutil::stage(&latest, self.cp.text().as_bytes(), &mut cp_dirs, Some(&self.spares))
                 .map_err(io_err(&latest))?,
         ];
-        fsutil::sync_staged(&staged, &self.tile_dirs).map_err(io_err(dir))?;
+        fsutil::sync_staged(&staged, &tile_dirs).map_err(io_err(dir))?;
         // The checkpoint goes last: renamed into place and appended to the history only now.
         fsutil::publish(staged, &mut cp_dirs, Some(&self.spares)).map_err(io_err(dir))?;
         let (synced, appended) = fsutil::sync_dirs_during(&cp_dirs, || {
-            self.history.lock().unwrap_or_else(std::sync::PoisonError::into_inner).append(&self.cp)
+            self.history.lock().unwrap_or_else(std::sync::PoisonError::into_inner).append_all(&self.issued)
         });
         synced.map_err(io_err(dir))?;
         appended?;
@@ -510,7 +654,7 @@ impl Prepared {
                 tracing::warn!(dir = %p.display(), error = %e, "could not recycle obsolete partial tiles");
             }
         }
-        Ok(self.cp)
+        Ok(self.cp.head().size)
     }
 }
 

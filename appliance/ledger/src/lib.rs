@@ -30,6 +30,7 @@ pub mod gate;
 pub mod hash;
 pub mod history;
 pub mod ids;
+pub mod journal;
 pub mod ledger;
 pub mod merkle;
 pub mod note;
@@ -40,7 +41,7 @@ pub mod tiles;
 
 pub use audit::{AuditError, AuditReport, Progress, verify_bundle};
 pub use export::{ExportError, export_bundle};
-pub use gate::{Attested, Gate};
+pub use gate::{Attested, Gate, GateOptions};
 pub use hash::Hash;
 pub use ids::{ApplianceId, TenantId};
 pub use ledger::LedgerError;

@@ -2,15 +2,25 @@
 //!
 //! A ledger key is derived deterministically from a 32-byte seed (FIPS 204 ML-DSA.KeyGen_internal).
 //! The runtime creates the seed when a tenant (or the appliance) is created and keeps it only under the
-//! TPM-sealed KEK; it hands it to [`LedgerSigner::new`] when the tenant is unlocked. The expanded key
-//! lives on the heap, is `mlock`ed best-effort (a warning is logged when the limit refuses it), is
-//! zeroized on drop (ml-dsa's `zeroize` feature) and never leaves this module: there is no export of the
-//! secret key, only of the public key (SPKI DER / PEM).
+//! TPM-sealed KEK; it hands it to [`LedgerSigner::new`] when the tenant is unlocked. The encoded secret
+//! key (FIPS 204 skEncode, 4,032 bytes) lives on the heap, is `mlock`ed best-effort (a warning is logged
+//! when the limit refuses it), is zeroized on drop and never leaves this module: there is no export of
+//! the secret key, only of the public key (SPKI DER / PEM).
+//!
+//! Two implementations of FIPS 204 are used on purpose. Signing uses libcrux-ml-dsa (formally verified,
+//! with an AVX2 path chosen at run time): about 0.1 ms per signature here against about 0.8 ms for the
+//! portable ml-dsa crate, and the signature's rejection loop makes the slow path's tail several
+//! milliseconds, which the gate's latency budget cannot absorb. The public key is derived with ml-dsa as
+//! well and the two must agree before a signer is handed out, and every verification (the gate's own
+//! receipts, recovery, the offline verifier) uses ml-dsa. A signature is therefore always checked by an
+//! implementation other than the one that made it. ml-dsa's signing key (with its `zeroize` feature)
+//! exists only for the moment the public key is derived.
 //!
 //! Excluding the key pages from core dumps (`madvise(MADV_DONTDUMP)`) needs `unsafe`, which this crate
 //! forbids; [`harden_process`] instead marks the whole process non-dumpable and sets its core limit to 0,
-//! which covers the same threat for a per-tenant worker. ml-dsa builds the expanded key on the stack
-//! before boxing it; that transient stack copy is outside our control without `unsafe`.
+//! which covers the same threat for a per-tenant worker. Both libraries build keys on the stack before
+//! we box them, and signing decodes the key into stack temporaries; those transient copies are outside
+//! our control without `unsafe`.
 //!
 //! Every signature is made with a FIPS 204 context string naming the ledger
 //! ([`LedgerScope::context`]), so a checkpoint (and therefore an OAR) of one tenant never verifies as
@@ -55,6 +65,9 @@ pub enum KeyError {
     /// ML-DSA signing failed (context too long or the RNG failed).
     #[error("ML-DSA-65 signing failed")]
     Sign,
+    /// The two ML-DSA-65 implementations derived different public keys from one seed.
+    #[error("ML-DSA-65 implementations disagree on the public key; refusing to sign")]
+    KeygenMismatch,
     /// The signature does not verify under this key and context.
     #[error("signature does not verify")]
     BadSignature,
@@ -210,10 +223,19 @@ impl LedgerPublicKey {
 /// The unlocked signer of one ledger (a tenant's or the appliance's).
 pub struct LedgerSigner {
     scope: LedgerScope,
-    // Declared before the lock guards so the key is zeroized and freed before its pages are unlocked.
-    key: Box<SigningKey<MlDsa65>>,
+    // Declared before the lock guard so the key is zeroized and freed before its pages are unlocked.
+    key: SecretSigningKey,
     public: LedgerPublicKey,
     _locks: Vec<region::LockGuard>,
+}
+
+/// libcrux's encoded ML-DSA-65 secret key, boxed and wiped on drop (the library type has no `Drop`).
+struct SecretSigningKey(Box<libcrux_ml_dsa::ml_dsa_65::MLDSA65SigningKey>);
+
+impl Drop for SecretSigningKey {
+    fn drop(&mut self) {
+        self.0.as_mut_slice().zeroize();
+    }
 }
 
 /// The name the runtime uses for a tenant's signer: the same type, scoped to a tenant.
@@ -228,27 +250,27 @@ impl fmt::Debug for LedgerSigner {
 impl LedgerSigner {
     /// Expand `seed` into the signing key of `scope`'s ledger.
     pub fn new(scope: LedgerScope, seed: &SignerSeed) -> Result<Self, KeyError> {
-        let seed_arr = ml_dsa::Seed::from(*seed.expose_secret());
-        let seed_arr = Zeroizing::new(seed_arr);
-        let key = Box::new(SigningKey::<MlDsa65>::from_seed(&seed_arr));
-        let raw = key.verifying_key().to_bytes();
+        let mut pair = libcrux_ml_dsa::ml_dsa_65::generate_key_pair(*seed.expose_secret());
+        let key = SecretSigningKey(Box::new(pair.signing_key.clone()));
+        pair.signing_key.as_mut_slice().zeroize();
+        // The independent derivation: the verifying half of ml-dsa's key from the same seed.
+        let raw = {
+            let seed_arr = Zeroizing::new(ml_dsa::Seed::from(*seed.expose_secret()));
+            SigningKey::<MlDsa65>::from_seed(&seed_arr).verifying_key().to_bytes()
+        };
+        if raw.as_slice() != pair.verification_key.as_slice() {
+            return Err(KeyError::KeygenMismatch);
+        }
         let public = LedgerPublicKey::from_raw(raw.as_slice())?;
         let mut locks = Vec::new();
-        let expanded: *const ml_dsa::ExpandedSigningKey<MlDsa65> = std::ptr::from_ref(key.expanded_key());
-        let seed_ptr: *const ml_dsa::Seed = std::ptr::from_ref(key.as_seed());
-        let regions: [(*const u8, usize); 2] = [
-            (expanded.cast(), size_of::<ml_dsa::ExpandedSigningKey<MlDsa65>>()),
-            (seed_ptr.cast(), size_of::<ml_dsa::Seed>()),
-        ];
-        for (ptr, len) in regions {
-            match region::lock(ptr, len) {
-                Ok(g) => locks.push(g),
-                Err(e) => tracing::warn!(
-                    scope = %scope,
-                    error = %e,
-                    "could not mlock the ledger signing key (raise RLIMIT_MEMLOCK); it may be swapped out"
-                ),
-            }
+        let bytes = key.0.as_slice();
+        match region::lock(bytes.as_ptr(), bytes.len()) {
+            Ok(g) => locks.push(g),
+            Err(e) => tracing::warn!(
+                scope = %scope,
+                error = %e,
+                "could not mlock the ledger signing key (raise RLIMIT_MEMLOCK); it may be swapped out"
+            ),
         }
         Ok(Self { scope, key, public, _locks: locks })
     }
@@ -273,21 +295,20 @@ impl LedgerSigner {
         &self.public
     }
 
-    /// Whether both secret-key regions were locked into RAM.
+    /// Whether the secret key was locked into RAM.
     pub fn is_memory_locked(&self) -> bool {
-        self._locks.len() == 2
+        self._locks.len() == 1
     }
 
     /// Hedged ML-DSA-65 signature (FIPS 204 Algorithm 2, fresh 32-byte rnd from the OS) of `message`
     /// under this ledger's context string. Crate-private: the key signs checkpoint notes only.
     pub(crate) fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
         let ctx = self.scope.context();
-        let sig = self
-            .key
-            .expanded_key()
-            .sign_randomized(message, ctx.as_bytes(), &mut getrandom::SysRng)
-            .map_err(|_| KeyError::Sign)?;
-        Ok(sig.encode().to_vec())
+        let mut rnd = Zeroizing::new([0u8; 32]);
+        getrandom::fill(rnd.as_mut_slice()).map_err(KeyError::Random)?;
+        let sig =
+            libcrux_ml_dsa::ml_dsa_65::sign(&self.key.0, message, ctx.as_bytes(), *rnd).map_err(|_| KeyError::Sign)?;
+        Ok(sig.as_slice().to_vec())
     }
 }
 

@@ -16,13 +16,14 @@ use bulwark_ledger::audit::{AuditOptions, NoProgress, verify_bundle};
 use bulwark_ledger::ledger::Ledger;
 use bulwark_ledger::oar::Entry;
 use bulwark_ledger::{
-    Actor, ApplianceId, Commitment, Digest, Gate, LedgerScope, LedgerSigner, OarDraft, OpKind, Outcome, Role,
-    RuntimeState, SignerSeed, Status, Target, TenantId, export_bundle,
+    Actor, ApplianceId, Commitment, Digest, Gate, GateOptions, LedgerScope, LedgerSigner, OarDraft, OpKind, Outcome,
+    Role, RuntimeState, SignerSeed, Status, Target, TenantId, export_bundle,
 };
 
 const DIR_ENV: &str = "BULWARK_CRASH_DIR";
 const SEED_ENV: &str = "BULWARK_CRASH_SEED";
 const TENANT_ENV: &str = "BULWARK_CRASH_TENANT";
+const EVERY_ENV: &str = "BULWARK_CRASH_MATERIALIZE_EVERY";
 
 fn runtime() -> RuntimeState {
     RuntimeState::new(23, 0x000B, vec![0x11; 32]).unwrap()
@@ -40,8 +41,15 @@ fn signer(tenant: TenantId, seed_hex: &str) -> LedgerSigner {
 fn crash_child() {
     let Ok(dir) = std::env::var(DIR_ENV) else { return };
     let tenant: TenantId = std::env::var(TENANT_ENV).unwrap().parse().unwrap();
-    let gate =
-        Arc::new(Gate::open(Path::new(&dir), signer(tenant, &std::env::var(SEED_ENV).unwrap()), runtime()).unwrap());
+    // Every other run writes tiles after a handful of entries, so kills also land in tile writes.
+    let options = match std::env::var(EVERY_ENV).ok().and_then(|v| v.parse().ok()) {
+        Some(n) => GateOptions { materialize_entries: n, ..GateOptions::default() },
+        None => GateOptions::default(),
+    };
+    let gate = Arc::new(
+        Gate::open_with(Path::new(&dir), signer(tenant, &std::env::var(SEED_ENV).unwrap()), runtime(), options)
+            .unwrap(),
+    );
     let threads: Vec<_> = (0..4)
         .map(|t| {
             let gate = Arc::clone(&gate);
@@ -108,6 +116,7 @@ fn kill_restart_loses_nothing_acknowledged() {
             .env(DIR_ENV, &tdir)
             .env(SEED_ENV, &seed_hex)
             .env(TENANT_ENV, tenant.to_string())
+            .env(EVERY_ENV, if kills % 2 == 0 { "8" } else { "1024" })
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

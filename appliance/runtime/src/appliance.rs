@@ -181,8 +181,10 @@ pub struct CreatedTenant {
 pub struct UnlockedTenant {
     /// The tenant.
     pub record: TenantRecord,
-    vault: Vault,
+    // Field order is drop order: the gate closes (writing its journal into the tiles) while the vault
+    // lock is still held, so the next process for this tenant never finds the ledger busy.
     gate: Gate,
+    vault: Vault,
     ledger_dir: std::path::PathBuf,
 }
 
@@ -265,6 +267,9 @@ impl UnlockedTenant {
         let head = self.gate.head();
         let d = Digest::Public(Hash::of_parts(&[b"bulwark/export-head/v1", &head.size.to_be_bytes(), &head.root.0]));
         self.gate.complete(token, Outcome::success(d))?;
+        // Both ledgers' newest batches may still be in their journals: write them into the tiles first.
+        self.gate.sync_tiles()?;
+        appliance.gate.sync_tiles()?;
         bulwark_ledger::export_bundle(
             &self.ledger_dir,
             &appliance.dir,
@@ -300,10 +305,7 @@ pub struct Appliance {
 }
 
 fn liveness_of(slot: SlotNumber) -> Result<LivenessSlot, ApplianceError> {
-    u32::try_from(slot.0)
-        .ok()
-        .and_then(LivenessSlot::from_counter)
-        .ok_or(ApplianceError::SlotsExhausted(slot.0))
+    u32::try_from(slot.0).ok().and_then(LivenessSlot::from_counter).ok_or(ApplianceError::SlotsExhausted(slot.0))
 }
 
 /// Who acts on the appliance ledger through the CLI: the operator role, no subject until the TLS API
@@ -324,8 +326,9 @@ fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> ApplianceError +
 pub fn resolve_profile(choice: &str) -> Result<(HwProfile, Vec<u8>), ApplianceError> {
     let bytes = match bulwark_boot::profile::embedded(choice) {
         Some(text) => text.as_bytes().to_vec(),
-        None => std::fs::read(choice)
-            .map_err(|e| ApplianceError::Profile(format!("{choice:?} is neither an embedded profile nor a readable file: {e}")))?,
+        None => std::fs::read(choice).map_err(|e| {
+            ApplianceError::Profile(format!("{choice:?} is neither an embedded profile nor a readable file: {e}"))
+        })?,
     };
     let profile = HwProfile::from_bytes(&bytes).map_err(|e| ApplianceError::Profile(e.to_string()))?;
     Ok((profile, bytes))
@@ -403,10 +406,8 @@ impl Appliance {
         let aid = self.appliance_id()?;
         let path = self.dd.appliance_dir().join("key.sealed");
         let bytes = std::fs::read(&path).map_err(io(&path))?;
-        let sealed = SealedObject::from_bytes(&bytes).map_err(|e| ApplianceError::Profile(format!(
-            "the appliance key {} is corrupt: {e}",
-            path.display()
-        )))?;
+        let sealed = SealedObject::from_bytes(&bytes)
+            .map_err(|e| ApplianceError::Profile(format!("the appliance key {} is corrupt: {e}", path.display())))?;
         let secret = self.machine.tpm.unseal(&sealed, UnsealAuth::MeasuredState).map_err(|e| match e {
             TpmError::MeasuredStateChanged { .. } => ApplianceError::ApplianceStateChanged(e.to_string()),
             other => ApplianceError::Tpm(other),
