@@ -11,7 +11,7 @@ use bulwark_appliance::secret::SecretKey;
 use bulwark_appliance::vault::{Vault, VaultError};
 use bulwark_ledger::{Attested, OpKind};
 use bulwark_tests::{Env, SplitMix64, TestGate, TestTpm, copy_tree};
-use redb::{Database, ReadableTable, TableDefinition, TableHandle, ReadableDatabase};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 
 /// The vault's two tables, as `appliance/runtime/src/vault.rs` defines them.
 const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
@@ -160,8 +160,8 @@ impl Tokens {
     }
 }
 
-/// Opens the vault and reads everything in it: every record, the stored secret, the listing, and the
-/// full verification.
+/// Opens the vault read-only (as every reading command does) and reads everything in it: every record,
+/// the stored secret, the listing, and the full verification.
 fn examine(
     path: &Path,
     tenant: TenantId,
@@ -171,7 +171,7 @@ fn examine(
     tokens: &Tokens,
 ) -> Seen {
     let refused = |what: &str, e: VaultError| Seen::Refused(format!("{what}: {e}"));
-    let v = match Vault::open(path, tenant, kek) {
+    let v = match Vault::open_read_only(path, tenant, kek) {
         Ok(v) => v,
         Err(e) => return refused("open", e),
     };
@@ -482,7 +482,10 @@ fn raw_flips(sv: &SmallVault, flips: &[(usize, u8)]) -> FlipTally {
         let (pos, mask) = flips[i];
         let why = match status {
             None => "hung: killed after 120 s".to_string(),
-            Some(st) => format!("{st}: {}", err.lines().find(|l| !l.trim().is_empty()).unwrap_or("")),
+            Some(st) => {
+                let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).take(3).collect();
+                format!("{st}: {}", lines.join(" | "))
+            }
         };
         tally.crashed.push((pos, mask, why));
         next = i + 1;

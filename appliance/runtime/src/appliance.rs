@@ -602,10 +602,22 @@ impl Appliance {
 
     /// Unseals tenant `id`'s KEK — that tenant's and no other — and opens its vault.
     pub fn unlock(&mut self, id: TenantId) -> Result<UnlockedTenant, ApplianceError> {
+        self.unlock_with(id, false)
+    }
+
+    /// [`Appliance::unlock`] with the vault opened read-only ([`Vault::open_read_only`]): for commands that
+    /// only read records (their OARs and outcomes still go to the ledger). Nothing is written to the vault
+    /// file, so no vault sync is paid on open or close.
+    pub fn unlock_read_only(&mut self, id: TenantId) -> Result<UnlockedTenant, ApplianceError> {
+        self.unlock_with(id, true)
+    }
+
+    fn unlock_with(&mut self, id: TenantId, read_only: bool) -> Result<UnlockedTenant, ApplianceError> {
         let record = self.registry()?.get(id)?;
         let kek = self.unseal_kek(id, UnsealAuth::MeasuredState)?;
         let dir = self.dd.tenant_dir(&id);
-        let vault = Vault::open(&dir.join("vault.redb"), id, &kek)?;
+        let path = dir.join("vault.redb");
+        let vault = if read_only { Vault::open_read_only(&path, id, &kek)? } else { Vault::open(&path, id, &kek)? };
         let mut raw = Zeroizing::new(*vault.get_secret(SIGNING_SEED)?.expose_secret());
         let seed = SignerSeed::from_bytes(&mut raw);
         let ledger_dir = dir.join("ledger");

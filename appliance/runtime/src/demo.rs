@@ -60,7 +60,7 @@ pub fn run(parent: &Path, tpm_choice: &str) -> Fallible {
 
     step(4, "Unlock legal alone; trading stays sealed (its KEK is never unsealed in this step).");
     {
-        let t = app.unlock(legal.record.id)?;
+        let t = app.unlock_read_only(legal.record.id)?;
         let (v, _) = t.get("contract-2026-001")?;
         println!("    legal reads contract-2026-001: {:?}", String::from_utf8_lossy(&v));
         let raw = std::fs::read(dd.tenant_dir(&trading.record.id).join("vault.redb"))?;
@@ -98,7 +98,7 @@ pub fn run(parent: &Path, tpm_choice: &str) -> Fallible {
     );
     drop(app);
     let mut app = Appliance::open(dd, tpm_choice)?;
-    let t = app.unlock(trading.record.id)?;
+    let t = app.unlock_read_only(trading.record.id)?;
     let (v, receipt) = t.get("limit/desk-7")?;
     println!("    trading reads limit/desk-7: {:?}", String::from_utf8_lossy(&v));
     println!("    that read was attested first: OAR #{} in trading's ledger", receipt.index());

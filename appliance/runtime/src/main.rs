@@ -108,7 +108,7 @@ fn run(cli: Cli) -> Fallible {
             let mut app = Appliance::open(DataDir::new(&cli.data_dir)?, &cli.tpm)?;
             let id = tenant_id(&sel.tenant)?;
             let appliance = app.appliance_ledger()?;
-            let t = app.unlock(id)?;
+            let t = app.unlock_read_only(id)?;
             t.export(&appliance, &out)?;
             if json {
                 println!("{}", json!({"tenant": id.to_string(), "bundle": out}));
@@ -173,7 +173,7 @@ fn tenant_cmd(app: &mut Appliance, cmd: TenantCmd, json: bool) -> Fallible {
             Ok(())
         }
         TenantCmd::Pubkey { sel } => {
-            let t = app.unlock(tenant_id(&sel.tenant)?)?;
+            let t = app.unlock_read_only(tenant_id(&sel.tenant)?)?;
             print!("{}", t.public_key().to_spki_pem());
             Ok(())
         }
@@ -217,7 +217,7 @@ fn vault_cmd(app: &mut Appliance, cmd: VaultCmd, json: bool) -> Fallible {
         }
         VaultCmd::Get { sel, key } => {
             let id = tenant_id(&sel.tenant)?;
-            let t = app.unlock(id)?;
+            let t = app.unlock_read_only(id)?;
             let (value, _receipt) = t.get(&key)?;
             let mut out = std::io::stdout().lock();
             out.write_all(&value)?;
@@ -226,7 +226,7 @@ fn vault_cmd(app: &mut Appliance, cmd: VaultCmd, json: bool) -> Fallible {
         }
         VaultCmd::List { sel } => {
             let id = tenant_id(&sel.tenant)?;
-            let t = app.unlock(id)?;
+            let t = app.unlock_read_only(id)?;
             let (list, _receipt) = t.list()?;
             if json {
                 println!("{}", json!({"tenant": id.to_string(), "records": list}));
@@ -248,7 +248,7 @@ fn vault_cmd(app: &mut Appliance, cmd: VaultCmd, json: bool) -> Fallible {
         }
         VaultCmd::Verify { sel } => {
             let id = tenant_id(&sel.tenant)?;
-            let t = app.unlock(id)?;
+            let t = app.unlock_read_only(id)?;
             let (n, _receipt) = t.verify()?;
             if json {
                 println!("{}", json!({"tenant": id.to_string(), "records": n, "ok": true}));

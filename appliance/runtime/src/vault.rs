@@ -16,16 +16,28 @@
 //! Concurrency: a vault is held by one process at a time (an advisory lock on `vault.lock` beside the file);
 //! a second writer waits up to [`LOCK_WAIT`] and then gets [`VaultError::Busy`], never a torn write.
 //! Every write transaction is durable (fsync) before `put`/`delete` return.
+//!
+//! Read-only opens ([`Vault::open_read_only`]) never write the file: a read-write redb database marks its
+//! header on open and saves its allocator state on close (three syncs even when nothing was written), and
+//! on a damaged file that close has panicked inside its own clean-up, which aborts the process. Commands
+//! that only read therefore open read-only. A read-write vault whose store reported damage (an error or a
+//! caught panic) is never closed through redb: its handle is leaked instead (until the process ends), so
+//! nothing more is written to a damaged file. Damage that no operation noticed can still make redb 4.6
+//! abort the process while closing a read-write handle (release builds; seen on 2 of 73,728 single-byte
+//! flips of a small vault); the operation itself had already finished or been refused by then.
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use aes_gcm_siv::aead::{Aead, KeyInit, Payload};
 use aes_gcm_siv::{Aes256GcmSiv, Nonce};
 use hmac::{Hmac, Mac};
 use rand::RngCore;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{
+    Database, ReadOnlyDatabase, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
+};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use zeroize::Zeroizing;
@@ -88,6 +100,9 @@ pub enum VaultError {
     /// The vault file is not a readable redb database of ours.
     #[error("vault file is corrupt or not a Bulwark vault")]
     Corrupt(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A write was attempted on a vault opened with [`Vault::open_read_only`].
+    #[error("this vault was opened read-only")]
+    ReadOnly,
     /// Filesystem error.
     #[error("vault I/O on {path}")]
     Io {
@@ -127,22 +142,62 @@ pub struct RecordInfo {
     pub len: usize,
 }
 
-/// The vault's database, whose drop (redb saves allocator state on close, and has panicked doing so on a
-/// damaged file) is guarded like every other storage call.
-struct GuardedDb(Option<Database>);
+/// The vault's database, read-write or read-only. Its drop is guarded like every other storage call, and
+/// skipped once the store has reported damage (see the module docs).
+struct GuardedDb {
+    store: Option<Store>,
+    /// Set when the store reported damage, and while it is being opened (until it proved readable).
+    damaged: AtomicBool,
+}
 
-impl std::ops::Deref for GuardedDb {
-    type Target = Database;
-    fn deref(&self) -> &Database {
+enum Store {
+    Rw(Database),
+    Ro(ReadOnlyDatabase),
+}
+
+impl GuardedDb {
+    fn new(store: Store) -> Self {
+        Self { store: Some(store), damaged: AtomicBool::new(true) }
+    }
+
+    fn store(&self) -> &Store {
         // Always Some until drop: the only take() is in Drop.
-        self.0.as_ref().unwrap_or_else(|| unreachable!("vault database used after drop"))
+        self.store.as_ref().unwrap_or_else(|| unreachable!("vault database used after drop"))
+    }
+
+    fn begin_read(&self) -> Result<ReadTransaction, VaultError> {
+        match self.store() {
+            Store::Rw(d) => d.begin_read(),
+            Store::Ro(d) => d.begin_read(),
+        }
+        .map_err(corrupt)
+    }
+
+    fn begin_write(&self) -> Result<WriteTransaction, VaultError> {
+        match self.store() {
+            Store::Rw(d) => d.begin_write().map_err(corrupt),
+            Store::Ro(_) => Err(VaultError::ReadOnly),
+        }
+    }
+
+    fn set_damaged(&self, damaged: bool) {
+        self.damaged.store(damaged, Ordering::SeqCst);
     }
 }
 
 impl Drop for GuardedDb {
     fn drop(&mut self) {
-        let db = self.0.take();
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(db)));
+        let store = self.store.take();
+        if self.damaged.load(Ordering::SeqCst)
+            && let Some(Store::Rw(db)) = store
+        {
+            // Do not let redb save allocator state into a damaged file (or panic while trying): leak the
+            // handle. Its descriptor (and redb's lock on the file) goes when the process ends; the vault
+            // lock is a separate file. A read-only handle writes nothing on close and is closed normally.
+            std::mem::forget(db);
+            return;
+        }
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(store)));
     }
 }
 
@@ -164,10 +219,15 @@ impl std::fmt::Debug for Vault {
 }
 
 /// Runs a storage operation, turning a panic inside the storage engine (it has panicked on some corrupt
-/// files) into [`VaultError::Corrupt`], so damage is reported as an error and never as a crash.
-fn guarded<T>(f: impl FnOnce() -> Result<T, VaultError>) -> Result<T, VaultError> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
-        .unwrap_or_else(|_| Err(VaultError::Corrupt("the storage engine failed on a damaged vault file".into())))
+/// files) into [`VaultError::Corrupt`], so damage is reported as an error and never as a crash. When the
+/// store reports damage, `db` is marked damaged (never closed through redb).
+fn guarded<T>(db: Option<&GuardedDb>, f: impl FnOnce() -> Result<T, VaultError>) -> Result<T, VaultError> {
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .unwrap_or_else(|_| Err(VaultError::Corrupt("the storage engine failed on a damaged vault file".into())));
+    if let (Some(db), Err(VaultError::Corrupt(_))) = (db, &r) {
+        db.set_damaged(true);
+    }
+    r
 }
 
 fn corrupt<E: std::error::Error + Send + Sync + 'static>(e: E) -> VaultError {
@@ -271,60 +331,67 @@ fn derive_mac_key(dek: &SecretKey) -> SecretKey {
 impl Vault {
     /// Creates a new vault file at `path` for `tenant`, with a fresh DEK wrapped by `kek`.
     pub fn create(path: &Path, tenant: TenantId, kek: &SecretKey) -> Result<Self, VaultError> {
-        guarded(|| Self::create_unguarded(path, tenant, kek))
+        guarded(None, || Self::create_unguarded(path, tenant, kek))
     }
 
     /// Opens an existing vault, unwrapping its DEK with `kek`. A KEK of another tenant, or a file of another
     /// tenant, fails with [`VaultError::Integrity`].
     pub fn open(path: &Path, tenant: TenantId, kek: &SecretKey) -> Result<Self, VaultError> {
-        guarded(|| Self::open_unguarded(path, tenant, kek))
+        guarded(None, || Self::open_unguarded(path, tenant, kek, false))
+    }
+
+    /// [`Vault::open`] without write access: nothing is written to the file, not even on open or close.
+    /// Writes fail with [`VaultError::ReadOnly`]. A file left by a crash that redb must repair first is
+    /// opened read-write once for that repair.
+    pub fn open_read_only(path: &Path, tenant: TenantId, kek: &SecretKey) -> Result<Self, VaultError> {
+        guarded(None, || Self::open_unguarded(path, tenant, kek, true))
     }
 
     /// Stores `value` under `key` (a new version if it exists). Durable when it returns; returns the version.
     pub fn put(&self, attested: &Attested, key: &str, value: &[u8]) -> Result<u64, VaultError> {
         self.check(attested, OpKind::VaultPut, &self.key_target(key)?)?;
-        guarded(|| self.put_unguarded(key, value))
+        guarded(Some(&self.db), || self.put_unguarded(key, value))
     }
 
     /// Reads and decrypts the record under `key`.
     pub fn get(&self, attested: &Attested, key: &str) -> Result<Zeroizing<Vec<u8>>, VaultError> {
         self.check(attested, OpKind::VaultGet, &self.key_target(key)?)?;
-        guarded(|| self.get_unguarded(key))
+        guarded(Some(&self.db), || self.get_unguarded(key))
     }
 
     /// Lists every record's key, version and plaintext length, in key order.
     pub fn list(&self, attested: &Attested) -> Result<Vec<RecordInfo>, VaultError> {
         self.check(attested, OpKind::VaultList, &Target::None)?;
-        guarded(|| self.list_unguarded())
+        guarded(Some(&self.db), || self.list_unguarded())
     }
 
     /// Deletes the record under `key`. Durable when it returns.
     pub fn delete(&self, attested: &Attested, key: &str) -> Result<(), VaultError> {
         self.check(attested, OpKind::VaultDelete, &self.key_target(key)?)?;
-        guarded(|| self.delete_unguarded(key))
+        guarded(Some(&self.db), || self.delete_unguarded(key))
     }
 
     /// Stores a tenant secret (e.g. its signing seed) under `name`, encrypted with the DEK and bound to
     /// the tenant and name. Secrets live in the metadata table and never appear in [`Vault::list`].
     pub fn put_secret(&self, name: &str, secret: &SecretKey) -> Result<(), VaultError> {
-        guarded(|| self.put_secret_unguarded(name, secret))
+        guarded(Some(&self.db), || self.put_secret_unguarded(name, secret))
     }
 
     /// Reads a secret stored with [`Vault::put_secret`].
     pub fn get_secret(&self, name: &str) -> Result<SecretKey, VaultError> {
-        guarded(|| self.get_secret_unguarded(name))
+        guarded(Some(&self.db), || self.get_secret_unguarded(name))
     }
 
     /// Checks the whole vault: every record and secret authenticates, and the keyed set digest over all
     /// stored entries matches, so a removed, renamed, duplicated or rolled-in entry is detected.
     pub fn verify(&self, attested: &Attested) -> Result<usize, VaultError> {
         self.check(attested, OpKind::VaultList, &Target::None)?;
-        guarded(|| self.verify_unguarded())
+        guarded(Some(&self.db), || self.verify_unguarded())
     }
 
     fn create_unguarded(path: &Path, tenant: TenantId, kek: &SecretKey) -> Result<Self, VaultError> {
         let lock = acquire_lock(path)?;
-        let db = GuardedDb(Some(Database::create(path).map_err(corrupt)?));
+        let db = GuardedDb::new(Store::Rw(Database::create(path).map_err(corrupt)?));
         let dek = SecretKey::random();
         let mac_key = derive_mac_key(&dek);
         let mut wrapped = seal_with(&cipher_for(kek), &aad(AAD_DEK, &tenant, "", 0), dek.expose_secret());
@@ -332,7 +399,7 @@ impl Vault {
         let wrapped = postcard::to_stdvec(&wrapped).map_err(corrupt)?;
         let mut digest = [0u8; 32];
         xor_into(&mut digest, &entry_mac(&mac_key, "meta", META_FORMAT, FORMAT_V1));
-        let mut tx = db.begin_write().map_err(corrupt)?;
+        let mut tx = db.begin_write()?;
         tx.set_durability(redb::Durability::Immediate).map_err(corrupt)?;
         {
             let mut meta = tx.open_table(META).map_err(corrupt)?;
@@ -342,23 +409,37 @@ impl Vault {
             tx.open_table(RECORDS).map_err(corrupt)?;
         }
         tx.commit().map_err(corrupt)?;
+        db.set_damaged(false);
         let cipher = cipher_for(&dek);
         Ok(Vault { db, tenant, cipher, mac_key, path: path.to_path_buf(), _lock: lock })
     }
 
-    fn open_unguarded(path: &Path, tenant: TenantId, kek: &SecretKey) -> Result<Self, VaultError> {
+    fn open_unguarded(path: &Path, tenant: TenantId, kek: &SecretKey, read_only: bool) -> Result<Self, VaultError> {
         if !path.exists() {
             return Err(VaultError::Missing(path.to_path_buf()));
         }
         let lock = acquire_lock(path)?;
-        let db = GuardedDb(Some(Database::open(path).map_err(corrupt)?));
+        let store = if read_only {
+            match ReadOnlyDatabase::open(path) {
+                Ok(db) => Store::Ro(db),
+                // Not closed cleanly: only a read-write open repairs it.
+                Err(redb::DatabaseError::RepairAborted) => Store::Rw(Database::open(path).map_err(corrupt)?),
+                Err(e) => return Err(corrupt(e)),
+            }
+        } else {
+            Store::Rw(Database::open(path).map_err(corrupt)?)
+        };
+        // Damaged until proven readable: an error or a panic below leaves the handle leaked, not closed.
+        let db = GuardedDb::new(store);
         let (format, wrapped) = {
-            let tx = db.begin_read().map_err(corrupt)?;
+            let tx = db.begin_read()?;
             let meta = tx.open_table(META).map_err(corrupt)?;
             let format = meta.get(META_FORMAT).map_err(corrupt)?.map(|v| v.value().to_vec());
             let wrapped = meta.get(META_DEK).map_err(corrupt)?.map(|v| v.value().to_vec());
             (format, wrapped)
         };
+        // The store answered; what follows judges our data, not redb's structures.
+        db.set_damaged(false);
         if format.as_deref() != Some(FORMAT_V1) {
             return Err(VaultError::Integrity("unknown or missing vault format marker".into()));
         }
@@ -402,7 +483,7 @@ impl Vault {
         if value.len() > MAX_VALUE_LEN {
             return Err(VaultError::TooLarge { len: value.len(), max: MAX_VALUE_LEN });
         }
-        let mut tx = self.db.begin_write().map_err(corrupt)?;
+        let mut tx = self.db.begin_write()?;
         tx.set_durability(redb::Durability::Immediate).map_err(corrupt)?;
         let version;
         {
@@ -432,7 +513,7 @@ impl Vault {
 
     fn get_unguarded(&self, key: &str) -> Result<Zeroizing<Vec<u8>>, VaultError> {
         check_key(key)?;
-        let tx = self.db.begin_read().map_err(corrupt)?;
+        let tx = self.db.begin_read()?;
         let records = tx.open_table(RECORDS).map_err(corrupt)?;
         let guard = records.get(key).map_err(corrupt)?.ok_or_else(|| VaultError::NotFound(key.to_string()))?;
         let env = decode_envelope(guard.value())?;
@@ -442,7 +523,7 @@ impl Vault {
     }
 
     fn list_unguarded(&self) -> Result<Vec<RecordInfo>, VaultError> {
-        let tx = self.db.begin_read().map_err(corrupt)?;
+        let tx = self.db.begin_read()?;
         let records = tx.open_table(RECORDS).map_err(corrupt)?;
         let mut out = Vec::new();
         for item in records.iter().map_err(corrupt)? {
@@ -457,7 +538,7 @@ impl Vault {
 
     fn delete_unguarded(&self, key: &str) -> Result<(), VaultError> {
         check_key(key)?;
-        let mut tx = self.db.begin_write().map_err(corrupt)?;
+        let mut tx = self.db.begin_write()?;
         tx.set_durability(redb::Durability::Immediate).map_err(corrupt)?;
         {
             let mut records = tx.open_table(RECORDS).map_err(corrupt)?;
@@ -478,7 +559,7 @@ impl Vault {
     fn put_secret_unguarded(&self, name: &str, secret: &SecretKey) -> Result<(), VaultError> {
         check_key(name)?;
         let slot = format!("secret/{name}");
-        let mut tx = self.db.begin_write().map_err(corrupt)?;
+        let mut tx = self.db.begin_write()?;
         tx.set_durability(redb::Durability::Immediate).map_err(corrupt)?;
         {
             let mut meta = tx.open_table(META).map_err(corrupt)?;
@@ -499,7 +580,7 @@ impl Vault {
     fn get_secret_unguarded(&self, name: &str) -> Result<SecretKey, VaultError> {
         check_key(name)?;
         let slot = format!("secret/{name}");
-        let tx = self.db.begin_read().map_err(corrupt)?;
+        let tx = self.db.begin_read()?;
         let meta = tx.open_table(META).map_err(corrupt)?;
         let bytes = meta
             .get(slot.as_str())
@@ -514,7 +595,7 @@ impl Vault {
     }
 
     fn verify_unguarded(&self) -> Result<usize, VaultError> {
-        let tx = self.db.begin_read().map_err(corrupt)?;
+        let tx = self.db.begin_read()?;
         let records = tx.open_table(RECORDS).map_err(corrupt)?;
         let meta = tx.open_table(META).map_err(corrupt)?;
         let stored = read_digest(&meta)?;
@@ -658,6 +739,27 @@ mod tests {
         assert!(matches!(v.t_put(&g, "big", &vec![0u8; MAX_VALUE_LEN + 1]), Err(VaultError::TooLarge { .. })));
         assert_eq!(&**v.t_get(&g, "keep").unwrap(), b"x");
         assert_eq!(v.t_verify(&g).unwrap(), 1);
+    }
+
+    #[test]
+    fn read_only_open_reads_and_never_writes() {
+        let (_d, p, t, kek) = fresh();
+        let g = gate_for(t);
+        let v = Vault::create(&p, t, &kek).unwrap();
+        v.t_put(&g, "k", b"value").unwrap();
+        drop(v);
+        let before = std::fs::read(&p).unwrap();
+        let v = Vault::open_read_only(&p, t, &kek).unwrap();
+        assert_eq!(&v.t_get(&g, "k").unwrap()[..], b"value");
+        assert_eq!(v.t_verify(&g).unwrap(), 1);
+        assert!(matches!(v.t_put(&g, "k2", b"x"), Err(VaultError::ReadOnly)));
+        assert!(matches!(v.put_secret("s", &SecretKey::random()), Err(VaultError::ReadOnly)));
+        drop(v);
+        assert!(std::fs::read(&p).unwrap() == before, "a read-only open changed the file");
+        // A wrong key is refused read-only too, and the file stays usable read-write afterwards.
+        assert!(matches!(Vault::open_read_only(&p, t, &SecretKey::random()), Err(VaultError::Integrity(_))));
+        let v = Vault::open(&p, t, &kek).unwrap();
+        v.t_put(&g, "k2", b"x").unwrap();
     }
 
     #[test]
