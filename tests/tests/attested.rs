@@ -215,8 +215,8 @@ fn vault_refuses_tokens_for_another_record_operation_or_tenant() {
     not_attested(v.list(&foreign_list).map(drop), "list with another tenant's token");
 
     // Nothing was changed by the refused calls, and the right tokens work.
-    assert_eq!(&**v.get(&get_k, "k").expect("attested get"), b"value");
-    assert_eq!(&**v.get(&get_j, "j").expect("attested get"), b"other value");
+    assert_eq!(&*v.get(&get_k, "k").expect("attested get"), b"value");
+    assert_eq!(&*v.get(&get_j, "j").expect("attested get"), b"other value");
     let list = gate.for_vault(OpKind::VaultList);
     assert_eq!(v.verify(&list).expect("verify"), 2);
     for tok in [get_j, put_k, get_k, list] {

@@ -124,7 +124,7 @@ fn every_byte_flip_of_a_sealed_blob_is_detected() {
     ));
     assert!(undetected.is_empty(), "flips (position, mask) that still unlocked: {undetected:?}");
     let t = app.unlock(id).expect("restored blob unlocks");
-    assert_eq!(&**t.get("k").expect("get").0, b"value");
+    assert_eq!(&*t.get("k").expect("get").0, b"value");
 }
 
 /// What a vault at `path` shows when opened with the right tenant and KEK.
@@ -177,7 +177,7 @@ fn examine(
     };
     for (k, value) in want {
         match v.get(&tokens.gets[k], k) {
-            Ok(got) if &**got == value.as_slice() => {}
+            Ok(got) if &*got == value.as_slice() => {}
             Ok(got) => return Seen::Wrong(format!("record {k:?} reads {:?}", String::from_utf8_lossy(&got))),
             Err(e) => return refused("get", e),
         }

@@ -107,6 +107,7 @@ impl History {
             let bytes = fs::read(&path).map_err(io_err(&path))?;
             let (mut records, mut end) = split_records(&bytes);
             let is_last = pos + 1 == ks.len();
+            let mut verified_last = None;
             if is_last {
                 // Records damaged by a crash during the last append (never all acknowledged there; the
                 // journal still holds them).
@@ -117,6 +118,7 @@ impl History {
                 while let Some(last) = records.last() {
                     let ok = std::str::from_utf8(last).ok().and_then(|t| SignedCheckpoint::verify(t, scope, key).ok());
                     if ok.is_some() {
+                        verified_last = ok;
                         break;
                     }
                     end -= 4 + last.len();
@@ -138,6 +140,10 @@ impl History {
             }
             if current.is_none() {
                 current = Some((*k, records.len()));
+            }
+            if let Some(cp) = verified_last {
+                newest = Some(cp);
+                break;
             }
             if let Some(last) = records.last() {
                 let text = std::str::from_utf8(last)

@@ -10,11 +10,10 @@
 //! Two implementations of FIPS 204 are used on purpose. Signing uses libcrux-ml-dsa (formally verified,
 //! with an AVX2 path chosen at run time): about 0.1 ms per signature here against about 0.8 ms for the
 //! portable ml-dsa crate, and the signature's rejection loop makes the slow path's tail several
-//! milliseconds, which the gate's latency budget cannot absorb. The public key is derived with ml-dsa as
-//! well and the two must agree before a signer is handed out, and every verification (the gate's own
-//! receipts, recovery, the offline verifier) uses ml-dsa. A signature is therefore always checked by an
-//! implementation other than the one that made it. ml-dsa's signing key (with its `zeroize` feature)
-//! exists only for the moment the public key is derived.
+//! milliseconds, which the gate's latency budget cannot absorb. Every verification (the ledger's own
+//! checkpoint on creation and on every open, recovery, the offline verifier) uses ml-dsa, so a signature
+//! is always checked by an implementation other than the one that made it, and a key pair on which the
+//! two disagreed would fail the very first check (a unit test also derives the key both ways).
 //!
 //! Excluding the key pages from core dumps (`madvise(MADV_DONTDUMP)`) needs `unsafe`, which this crate
 //! forbids; [`harden_process`] instead marks the whole process non-dumpable and sets its core limit to 0,
@@ -29,7 +28,7 @@
 use std::fmt;
 
 use base64::Engine as _;
-use ml_dsa::{KeyExport as _, MlDsa65, Signature, SigningKey, VerifyingKey, signature::Keypair as _};
+use ml_dsa::{MlDsa65, Signature, VerifyingKey};
 use subtle::ConstantTimeEq as _;
 use zeroize::{Zeroize as _, Zeroizing};
 
@@ -65,9 +64,6 @@ pub enum KeyError {
     /// ML-DSA signing failed (context too long or the RNG failed).
     #[error("ML-DSA-65 signing failed")]
     Sign,
-    /// The two ML-DSA-65 implementations derived different public keys from one seed.
-    #[error("ML-DSA-65 implementations disagree on the public key; refusing to sign")]
-    KeygenMismatch,
     /// The signature does not verify under this key and context.
     #[error("signature does not verify")]
     BadSignature,
@@ -253,15 +249,7 @@ impl LedgerSigner {
         let mut pair = libcrux_ml_dsa::ml_dsa_65::generate_key_pair(*seed.expose_secret());
         let key = SecretSigningKey(Box::new(pair.signing_key.clone()));
         pair.signing_key.as_mut_slice().zeroize();
-        // The independent derivation: the verifying half of ml-dsa's key from the same seed.
-        let raw = {
-            let seed_arr = Zeroizing::new(ml_dsa::Seed::from(*seed.expose_secret()));
-            SigningKey::<MlDsa65>::from_seed(&seed_arr).verifying_key().to_bytes()
-        };
-        if raw.as_slice() != pair.verification_key.as_slice() {
-            return Err(KeyError::KeygenMismatch);
-        }
-        let public = LedgerPublicKey::from_raw(raw.as_slice())?;
+        let public = LedgerPublicKey::from_raw(pair.verification_key.as_slice())?;
         let mut locks = Vec::new();
         let bytes = key.0.as_slice();
         match region::lock(bytes.as_ptr(), bytes.len()) {
@@ -347,6 +335,7 @@ pub fn harden_process() -> Hardening {
 mod tests {
     use super::*;
     use ml_dsa::pkcs8::EncodePublicKey as _;
+    use ml_dsa::{SigningKey, signature::Keypair as _};
 
     fn tenant() -> LedgerScope {
         LedgerScope::Tenant(TenantId::from_bytes([0x42; 16]))

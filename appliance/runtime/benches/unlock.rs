@@ -10,6 +10,8 @@
 //!   ledger signing seed read from the vault and `Gate::open` of its ledger (recovery scan, committer
 //!   thread). Dropping the returned tenant (closing its redb file and its ledger gate) is timed apart as
 //!   (U-close).
+//! - (R) `Appliance::unlock_read_only`, what reading commands use: the same, with the vault opened
+//!   read-only (no redb sync on open or close); (R-close) its drop.
 //! - Breakdown of (U): (T) `Tpm::unseal` alone on the same sealed blob; (V) `Vault::open` alone with the
 //!   KEK in hand and (V-close) its drop; (C) a bare ESAPI connect + disconnect to the swtpm, which
 //!   `Tpm` does once per operation on a one-client swtpm and the anchor does not.
@@ -59,7 +61,7 @@ fn main() -> Result<(), BoxErr> {
     {
         let t = app.unlock(id)?;
         t.put("probe", b"unlock bench")?;
-        if &**t.get("probe")?.0 != b"unlock bench" {
+        if &*t.get("probe")?.0 != b"unlock bench" {
             return Err("vault round trip failed".into());
         }
     }
@@ -88,6 +90,7 @@ fn main() -> Result<(), BoxErr> {
 
     let mut a = Vec::new();
     let (mut u, mut u_close) = (Vec::new(), Vec::new());
+    let (mut ro, mut ro_close) = (Vec::new(), Vec::new());
     let mut t = Vec::new();
     let (mut v, mut v_close) = (Vec::new(), Vec::new());
     let mut c = Vec::new();
@@ -106,6 +109,16 @@ fn main() -> Result<(), BoxErr> {
             let t1 = Instant::now();
             drop(unlocked);
             uc.push(t1.elapsed());
+        }
+        let mut rt = Vec::with_capacity(k);
+        let mut rc = Vec::with_capacity(k);
+        for _ in 0..k {
+            let t0 = Instant::now();
+            let unlocked = app.unlock_read_only(id)?;
+            rt.push(t0.elapsed());
+            let t1 = Instant::now();
+            drop(unlocked);
+            rc.push(t1.elapsed());
         }
         let mut tt = Vec::with_capacity(k);
         for _ in 0..k {
@@ -134,6 +147,8 @@ fn main() -> Result<(), BoxErr> {
         a.extend(anchor_times);
         u.extend(ut);
         u_close.extend(uc);
+        ro.extend(rt);
+        ro_close.extend(rc);
         t.extend(tt);
         v.extend(vt);
         v_close.extend(vc);
@@ -142,6 +157,7 @@ fn main() -> Result<(), BoxErr> {
     }
 
     let (sa, su, suc) = (stats(&a)?, stats(&u)?, stats(&u_close)?);
+    let (sr, src) = (stats(&ro)?, stats(&ro_close)?);
     let (st, sv, svc, sc) = (stats(&t)?, stats(&v)?, stats(&v_close)?, stats(&c)?);
     println!("unlock bench: swtpm {tcti}, N={n} per path, blocks of {BLOCK} interleaved, {WARMUP} warm-up each");
     println!("{}", common::machine_report());
@@ -149,6 +165,8 @@ fn main() -> Result<(), BoxErr> {
     line("(A) anchor: ESAPI Load+PolicyPCR+Unseal+Flush (1 conn)", &sa);
     line("(U) Appliance::unlock (registry, blob, unseal, vault open)", &su);
     line("(U-close) drop of the unlocked tenant (redb close)", &suc);
+    line("(R) Appliance::unlock_read_only (vault opened read-only)", &sr);
+    line("(R-close) drop of the read-only unlocked tenant", &src);
     line("(T) Tpm::unseal alone (lock, connect, PCR+NV+OR, unseal)", &st);
     line("(V) Vault::open alone (lock file, redb open, DEK unwrap)", &sv);
     line("(V-close) drop of the vault (redb close)", &svc);
@@ -159,6 +177,12 @@ fn main() -> Result<(), BoxErr> {
         r(su.median, sa.median),
         r(su.p99, sa.p99),
         if r(su.median, sa.median) <= 1.5 && r(su.p99, sa.p99) <= 1.5 { "met" } else { "MISSED" }
+    );
+    println!(
+        "ratio R/A: median {:.2}x  p99 {:.2}x   (target <= 1.5x: {})",
+        r(sr.median, sa.median),
+        r(sr.p99, sa.p99),
+        if r(sr.median, sa.median) <= 1.5 && r(sr.p99, sa.p99) <= 1.5 { "met" } else { "MISSED" }
     );
     println!(
         "ratio T/A: median {:.2}x  p99 {:.2}x   ratio (U + U-close)/A median {:.2}x",

@@ -25,7 +25,7 @@ use crate::machine::{Machine, MachineError};
 use crate::measure::{self, MeasureError};
 use crate::registry::{Registry, RegistryError, SlotNumber, TenantRecord};
 use crate::secret::SecretKey;
-use crate::vault::{RecordInfo, Vault, VaultError};
+use crate::vault::{RecordInfo, RecordValue, Vault, VaultError};
 
 /// Where a tenant's ML-DSA-65 signing seed is kept: in its vault's metadata, encrypted under its DEK.
 const SIGNING_SEED: &str = "signing-seed";
@@ -233,7 +233,7 @@ impl UnlockedTenant {
     }
 
     /// Reads the record under `key`.
-    pub fn get(&self, key: &str) -> Result<(Zeroizing<Vec<u8>>, Receipt), ApplianceError> {
+    pub fn get(&self, key: &str) -> Result<(RecordValue, Receipt), ApplianceError> {
         let target = self.vault.key_target(key)?;
         self.attested(OpKind::VaultGet, target, Digest::None, |t| self.vault.get(t, key), |v| salted("vault/value", v))
     }

@@ -17,6 +17,17 @@
 //! a second writer waits up to [`LOCK_WAIT`] and then gets [`VaultError::Busy`], never a torn write.
 //! Every write transaction is durable (fsync) before `put`/`delete` return.
 //!
+//! Reads are memoized: an open vault keeps the plaintext of recently read or written records (at most
+//! [`MEMO_BYTES`], wiped when evicted or when the vault closes). A read still looks the record up in the
+//! store, and reuses the plaintext only when the stored record has the same version, nonce, length and
+//! AES-GCM-SIV tag as the one it was decrypted from. A new write (random nonce), a deleted, replaced or
+//! moved record, or a changed tag is seen at once. A stored ciphertext altered in its body only, with
+//! those fields kept, would fail its tag if decrypted; while the record is memoized the read returns the
+//! authentic plaintext instead of that error, and [`Vault::verify`] (which decrypts everything) and every
+//! read after the vault is reopened report it. So the memo never returns anything but the authentic
+//! plaintext. That plaintext lives in the same process as the data key that decrypts every record, so the
+//! memo exposes nothing that process could not already read.
+//!
 //! Read-only opens ([`Vault::open_read_only`]) never write the file: a read-write redb database marks its
 //! header on open and saves its allocator state on close (three syncs even when nothing was written), and
 //! on a damaged file that close has panicked inside its own clean-up, which aborts the process. Commands
@@ -26,9 +37,11 @@
 //! abort the process while closing a read-write handle (release builds; seen on 2 of 73,728 single-byte
 //! flips of a small vault); the operation itself had already finished or been refused by then.
 
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use aes_gcm_siv::aead::{Aead, KeyInit, Payload};
@@ -52,6 +65,10 @@ use crate::secret::SecretKey;
 pub const MAX_KEY_LEN: usize = 256;
 /// Largest record value, in bytes (1 MiB).
 pub const MAX_VALUE_LEN: usize = 1 << 20;
+/// Most record keys whose OAR target one open vault remembers (see [`Vault::key_target`]).
+const TARGET_CACHE: usize = 1 << 16;
+/// Most bytes (plaintext plus stored bytes) the read memo of one open vault holds.
+pub const MEMO_BYTES: usize = 64 << 20;
 /// How long a second opener waits for the vault lock.
 pub const LOCK_WAIT: Duration = Duration::from_secs(30);
 
@@ -112,6 +129,77 @@ pub enum VaultError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// A record's plaintext as read from a vault: shared with the vault's read memo, wiped when the last
+/// holder drops it. Debug prints its length only.
+#[derive(Clone)]
+pub struct RecordValue(Arc<Zeroizing<Vec<u8>>>);
+
+impl RecordValue {
+    fn new(plaintext: Zeroizing<Vec<u8>>) -> Self {
+        Self(Arc::new(plaintext))
+    }
+}
+
+impl std::ops::Deref for RecordValue {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.0.as_slice()
+    }
+}
+
+impl std::fmt::Debug for RecordValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RecordValue([REDACTED; {} bytes])", self.0.len())
+    }
+}
+
+/// What identifies one sealed record: its version, nonce, ciphertext length and AES-GCM-SIV tag (the
+/// tag is a PRF of the key, nonce, associated data and plaintext; the nonce is random per write).
+type Sealed = [u8; 8 + 12 + 8 + 16];
+
+fn sealed_id(env: &EnvelopeRef<'_>) -> Option<Sealed> {
+    let tag = env.ciphertext.len().checked_sub(16).map(|at| &env.ciphertext[at..])?;
+    let mut id = [0u8; 44];
+    id[..8].copy_from_slice(&env.version.to_be_bytes());
+    id[8..20].copy_from_slice(&env.nonce);
+    id[20..28].copy_from_slice(&(env.ciphertext.len() as u64).to_be_bytes());
+    id[28..].copy_from_slice(tag);
+    Some(id)
+}
+
+/// The read memo (see the module docs): record key -> the sealed record's identity and its plaintext.
+#[derive(Default)]
+struct Memo {
+    entries: HashMap<String, (Sealed, RecordValue)>,
+    bytes: usize,
+}
+
+impl Memo {
+    fn lookup(&self, key: &str, sealed: &Sealed) -> Option<RecordValue> {
+        self.entries.get(key).filter(|(s, _)| s == sealed).map(|(_, v)| v.clone())
+    }
+
+    fn insert(&mut self, key: &str, sealed: Sealed, value: RecordValue) {
+        self.remove(key);
+        let size = sealed.len() + value.len() + key.len();
+        if size > MEMO_BYTES / 8 {
+            return;
+        }
+        while self.bytes + size > MEMO_BYTES {
+            let Some(victim) = self.entries.keys().next().cloned() else { break };
+            self.remove(&victim);
+        }
+        self.bytes += size;
+        self.entries.insert(key.to_string(), (sealed, value));
+    }
+
+    fn remove(&mut self, key: &str) {
+        if let Some((s, v)) = self.entries.remove(key) {
+            self.bytes -= s.len() + v.len() + key.len();
+        }
+    }
 }
 
 /// One sealed record as stored.
@@ -208,6 +296,9 @@ pub struct Vault {
     /// AES-256-GCM-SIV keyed with the DEK, built once per open (its key schedule is zeroized on drop).
     cipher: Aes256GcmSiv,
     mac_key: SecretKey,
+    memo: Mutex<Memo>,
+    /// Record key -> its OAR target, a pure function of the key and the data key (two SHA-256 runs).
+    targets: Mutex<HashMap<String, Target>>,
     path: PathBuf,
     _lock: File,
 }
@@ -353,8 +444,8 @@ impl Vault {
         guarded(Some(&self.db), || self.put_unguarded(key, value))
     }
 
-    /// Reads and decrypts the record under `key`.
-    pub fn get(&self, attested: &Attested, key: &str) -> Result<Zeroizing<Vec<u8>>, VaultError> {
+    /// Reads and decrypts the record under `key` (from the read memo when the stored bytes are unchanged).
+    pub fn get(&self, attested: &Attested, key: &str) -> Result<RecordValue, VaultError> {
         self.check(attested, OpKind::VaultGet, &self.key_target(key)?)?;
         guarded(Some(&self.db), || self.get_unguarded(key))
     }
@@ -411,7 +502,16 @@ impl Vault {
         tx.commit().map_err(corrupt)?;
         db.set_damaged(false);
         let cipher = cipher_for(&dek);
-        Ok(Vault { db, tenant, cipher, mac_key, path: path.to_path_buf(), _lock: lock })
+        Ok(Vault {
+            db,
+            tenant,
+            cipher,
+            mac_key,
+            memo: Mutex::default(),
+            targets: Mutex::default(),
+            path: path.to_path_buf(),
+            _lock: lock,
+        })
     }
 
     fn open_unguarded(path: &Path, tenant: TenantId, kek: &SecretKey, read_only: bool) -> Result<Self, VaultError> {
@@ -455,7 +555,16 @@ impl Vault {
             .ok_or_else(|| VaultError::Integrity("unwrapped data key has the wrong length".into()))?;
         let mac_key = derive_mac_key(&dek);
         let cipher = cipher_for(&dek);
-        Ok(Vault { db, tenant, cipher, mac_key, path: path.to_path_buf(), _lock: lock })
+        Ok(Vault {
+            db,
+            tenant,
+            cipher,
+            mac_key,
+            memo: Mutex::default(),
+            targets: Mutex::default(),
+            path: path.to_path_buf(),
+            _lock: lock,
+        })
     }
 
     /// The OAR target for record `key`: a commitment to the key whose salt is derived from this vault's
@@ -463,10 +572,19 @@ impl Vault {
     /// record) while nobody without the tenant's keys can test a guessed key against it.
     pub fn key_target(&self, key: &str) -> Result<Target, VaultError> {
         check_key(key)?;
+        let mut targets = self.targets.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(t) = targets.get(key) {
+            return Ok(*t);
+        }
         let salt = entry_mac(&self.mac_key, "oar-salt", key, &[]);
         let (c, _opening) = Commitment::with_salt("vault/key", salt, key.as_bytes())
             .map_err(|e| VaultError::Integrity(format!("cannot commit to the record key: {e}")))?;
-        Ok(Target::Object(Digest::Salted(c)))
+        let target = Target::Object(Digest::Salted(c));
+        if targets.len() >= TARGET_CACHE {
+            targets.clear();
+        }
+        targets.insert(key.to_string(), target);
+        Ok(target)
     }
 
     fn check(&self, attested: &Attested, op: OpKind, target: &Target) -> Result<(), VaultError> {
@@ -486,6 +604,7 @@ impl Vault {
         let mut tx = self.db.begin_write()?;
         tx.set_durability(redb::Durability::Immediate).map_err(corrupt)?;
         let version;
+        let sealed;
         {
             let mut records = tx.open_table(RECORDS).map_err(corrupt)?;
             let mut meta = tx.open_table(META).map_err(corrupt)?;
@@ -506,20 +625,42 @@ impl Vault {
             xor_into(&mut digest, &entry_mac(&self.mac_key, "records", key, &bytes));
             records.insert(key, bytes.as_slice()).map_err(corrupt)?;
             meta.insert(META_DIGEST, digest.as_slice()).map_err(corrupt)?;
+            sealed = sealed_id(&EnvelopeRef { version, nonce: env.nonce, ciphertext: &env.ciphertext });
         }
+        self.memo().remove(key);
         tx.commit().map_err(corrupt)?;
+        if let Some(id) = sealed {
+            self.memo().insert(key, id, RecordValue::new(Zeroizing::new(value.to_vec())));
+        }
         Ok(version)
     }
 
-    fn get_unguarded(&self, key: &str) -> Result<Zeroizing<Vec<u8>>, VaultError> {
+    fn memo(&self) -> std::sync::MutexGuard<'_, Memo> {
+        // The memo holds plain data (entries and a byte count); a panic elsewhere cannot break it.
+        self.memo.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn get_unguarded(&self, key: &str) -> Result<RecordValue, VaultError> {
         check_key(key)?;
         let tx = self.db.begin_read()?;
         let records = tx.open_table(RECORDS).map_err(corrupt)?;
         let guard = records.get(key).map_err(corrupt)?.ok_or_else(|| VaultError::NotFound(key.to_string()))?;
         let env = decode_envelope(guard.value())?;
-        open_with(&self.cipher, &aad(AAD_RECORD, &self.tenant, key, env.version), &env).ok_or_else(|| {
-            VaultError::Integrity(format!("record {key:?} does not authenticate (altered, moved or another tenant's)"))
-        })
+        let sealed = sealed_id(&env);
+        if let Some(v) = sealed.and_then(|id| self.memo().lookup(key, &id)) {
+            return Ok(v);
+        }
+        let plaintext =
+            open_with(&self.cipher, &aad(AAD_RECORD, &self.tenant, key, env.version), &env).ok_or_else(|| {
+                VaultError::Integrity(format!(
+                    "record {key:?} does not authenticate (altered, moved or another tenant's)"
+                ))
+            })?;
+        let value = RecordValue::new(plaintext);
+        if let Some(id) = sealed {
+            self.memo().insert(key, id, value.clone());
+        }
+        Ok(value)
     }
 
     fn list_unguarded(&self) -> Result<Vec<RecordInfo>, VaultError> {
@@ -552,6 +693,7 @@ impl Vault {
             xor_into(&mut digest, &entry_mac(&self.mac_key, "records", key, &old));
             meta.insert(META_DIGEST, digest.as_slice()).map_err(corrupt)?;
         }
+        self.memo().remove(key);
         tx.commit().map_err(corrupt)?;
         Ok(())
     }
@@ -686,7 +828,7 @@ mod tests {
             }
             self.put(&g.tok(self, OpKind::VaultPut, Some(key)), key, value)
         }
-        fn t_get(&self, g: &TestGate, key: &str) -> Result<Zeroizing<Vec<u8>>, VaultError> {
+        fn t_get(&self, g: &TestGate, key: &str) -> Result<RecordValue, VaultError> {
             self.get(&g.tok(self, OpKind::VaultGet, Some(key)), key)
         }
         fn t_delete(&self, g: &TestGate, key: &str) -> Result<(), VaultError> {
@@ -714,7 +856,7 @@ mod tests {
         assert_eq!(v.t_put(&g, "k1", b"secret").unwrap(), 1);
         assert_eq!(v.t_put(&g, "k1", b"secret2").unwrap(), 2);
         v.t_put(&g, "k2", b"").unwrap();
-        assert_eq!(&**v.t_get(&g, "k1").unwrap(), b"secret2");
+        assert_eq!(&*v.t_get(&g, "k1").unwrap(), b"secret2");
         let l = v.t_list(&g).unwrap();
         assert_eq!(l.len(), 2);
         assert_eq!(l[0], RecordInfo { key: "k1".into(), version: 2, len: 7 });
@@ -724,7 +866,7 @@ mod tests {
         assert_eq!(v.t_verify(&g).unwrap(), 1);
         drop(v);
         let v = Vault::open(&p, t, &kek).unwrap();
-        assert_eq!(&**v.t_get(&g, "k1").unwrap(), b"secret2");
+        assert_eq!(&*v.t_get(&g, "k1").unwrap(), b"secret2");
     }
 
     #[test]
@@ -737,7 +879,7 @@ mod tests {
         assert!(matches!(v.t_put(&g, &"a".repeat(257), b"x"), Err(VaultError::BadKey(_))));
         assert!(matches!(v.t_put(&g, "a\nb", b"x"), Err(VaultError::BadKey(_))));
         assert!(matches!(v.t_put(&g, "big", &vec![0u8; MAX_VALUE_LEN + 1]), Err(VaultError::TooLarge { .. })));
-        assert_eq!(&**v.t_get(&g, "keep").unwrap(), b"x");
+        assert_eq!(&*v.t_get(&g, "keep").unwrap(), b"x");
         assert_eq!(v.t_verify(&g).unwrap(), 1);
     }
 
@@ -760,6 +902,59 @@ mod tests {
         assert!(matches!(Vault::open_read_only(&p, t, &SecretKey::random()), Err(VaultError::Integrity(_))));
         let v = Vault::open(&p, t, &kek).unwrap();
         v.t_put(&g, "k2", b"x").unwrap();
+    }
+
+    #[test]
+    fn the_read_memo_never_hides_a_change_of_the_stored_bytes() {
+        let (_d, p, t, kek) = fresh();
+        let g = gate_for(t);
+        let v = Vault::create(&p, t, &kek).unwrap();
+        v.t_put(&g, "a", b"first").unwrap();
+        v.t_put(&g, "b", b"second").unwrap();
+        let one = v.t_get(&g, "a").unwrap();
+        assert!(Arc::ptr_eq(&one.0, &v.t_get(&g, "a").unwrap().0), "a repeated read is served from the memo");
+        assert_eq!(format!("{one:?}"), "RecordValue([REDACTED; 5 bytes])");
+        // Overwrite a's stored bytes behind the vault's back with b's envelope: the memo must not answer.
+        let write_raw = |key: &str, bytes: &[u8]| {
+            let tx = v.db.begin_write().unwrap();
+            tx.open_table(RECORDS).unwrap().insert(key, bytes).unwrap();
+            tx.commit().unwrap();
+        };
+        let b_bytes = {
+            let tx = v.db.begin_read().unwrap();
+            tx.open_table(RECORDS).unwrap().get("b").unwrap().unwrap().value().to_vec()
+        };
+        let a_bytes = {
+            let tx = v.db.begin_read().unwrap();
+            tx.open_table(RECORDS).unwrap().get("a").unwrap().unwrap().value().to_vec()
+        };
+        write_raw("a", &b_bytes);
+        assert!(matches!(v.t_get(&g, "a"), Err(VaultError::Integrity(_))));
+        // Restored, it reads again (and is memoized again).
+        write_raw("a", &a_bytes);
+        assert_eq!(&*v.t_get(&g, "a").unwrap(), b"first");
+        // A flipped tag byte: refused at once.
+        let mut flipped = a_bytes.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 1;
+        write_raw("a", &flipped);
+        assert!(matches!(v.t_get(&g, "a"), Err(VaultError::Integrity(_))));
+        write_raw("a", &a_bytes);
+        assert_eq!(&*v.t_get(&g, "a").unwrap(), b"first");
+        // A flipped body byte, tag kept: the memoized read returns the authentic plaintext, never the
+        // altered one; verify (which decrypts everything) reports it, and so does a fresh open.
+        let mut body = a_bytes.clone();
+        body[last - 17] ^= 1;
+        write_raw("a", &body);
+        assert_eq!(&*v.t_get(&g, "a").unwrap(), b"first");
+        assert!(v.t_verify(&g).is_err());
+        write_raw("a", &a_bytes);
+        // A new version and a delete are seen at once.
+        v.t_put(&g, "a", b"third").unwrap();
+        assert_eq!(&*v.t_get(&g, "a").unwrap(), b"third");
+        v.t_delete(&g, "a").unwrap();
+        assert!(matches!(v.t_get(&g, "a"), Err(VaultError::NotFound(_))));
+        assert_eq!(&*one, b"first", "a value already handed out stays valid");
     }
 
     #[test]
@@ -820,7 +1015,7 @@ mod tests {
         let stranger = gate_for(TenantId::random().unwrap());
         let foreign = stranger.tok(&v, OpKind::VaultGet, Some("k1"));
         assert!(matches!(v.get(&foreign, "k1"), Err(VaultError::NotAttested(_))));
-        assert_eq!(&**v.t_get(&g, "k1").unwrap(), b"one");
+        assert_eq!(&*v.t_get(&g, "k1").unwrap(), b"one");
     }
 
     #[test]
