@@ -17,7 +17,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use aes_gcm_siv::aead::{Aead, AeadInPlace, KeyInit, Payload};
+use aes_gcm_siv::aead::{Aead, AeadInOut, KeyInit, Payload};
 use aes_gcm_siv::{Aes128GcmSiv, Aes256GcmSiv, Nonce};
 use common::{BoxErr, stats, thread_cpu_time};
 use rand::RngCore;
@@ -68,10 +68,10 @@ fn main() -> Result<(), BoxErr> {
     // Associated data shaped like the vault's: label, tenant id, key length, key, version.
     let mut aad = b"bulwark/vault/record/v1\0".to_vec();
     aad.extend_from_slice(&[9u8; 16 + 4 + 8 + 8]);
-    let nonce = *Nonce::from_slice(&nonce);
+    let nonce = Nonce::from(nonce);
 
     println!(
-        "aead bench: AES-256-GCM-SIV (aes-gcm-siv 0.11.1, aes 0.8.4, polyval 0.6.2), 1 MiB messages, one thread, \
+        "aead bench: AES-256-GCM-SIV (aes-gcm-siv 0.12.1, aes 0.9.4, polyval 0.7.3), 1 MiB messages, one thread, \
          {REPS} reps of {OPS_PER_REP} x 1 MiB per line (medians)"
     );
     println!("{}", common::machine_report());
@@ -98,17 +98,17 @@ fn main() -> Result<(), BoxErr> {
     let cipher = Aes256GcmSiv::new(&key.into());
     let mut buf = msg.clone();
     run("encrypt in place (one cipher, no allocation)", || {
-        let tag = cipher.encrypt_in_place_detached(&nonce, &aad, &mut buf).map_err(|_| "encrypt")?;
+        let tag = cipher.encrypt_inout_detached(&nonce, &aad, buf.as_mut_slice().into()).map_err(|_| "encrypt")?;
         std::hint::black_box(tag);
         Ok(())
     })?;
     // Decrypting in place consumes the ciphertext, so each op first copies it back (1 MiB memcpy, counted).
     let (ct_body, ct_tag) = ct.split_at(LEN);
-    let ct_tag = *aes_gcm_siv::Tag::from_slice(ct_tag);
+    let ct_tag = aes_gcm_siv::Tag::try_from(ct_tag).map_err(|_| "tag length")?;
     let mut work = ct_body.to_vec();
     run("decrypt in place (copy-in + decrypt, no allocation)", || {
         work.copy_from_slice(ct_body);
-        cipher.decrypt_in_place_detached(&nonce, &aad, &mut work, &ct_tag).map_err(|_| "decrypt")?;
+        cipher.decrypt_inout_detached(&nonce, &aad, work.as_mut_slice().into(), &ct_tag).map_err(|_| "decrypt")?;
         Ok(())
     })?;
     if work != msg {
@@ -116,7 +116,7 @@ fn main() -> Result<(), BoxErr> {
     }
     let (polyval, _) = run("part: POLYVAL only (empty message, 1 MiB as AAD)", || {
         let mut empty: [u8; 0] = [];
-        let tag = cipher.encrypt_in_place_detached(&nonce, &msg, &mut empty).map_err(|_| "encrypt")?;
+        let tag = cipher.encrypt_inout_detached(&nonce, &msg, empty.as_mut_slice().into()).map_err(|_| "encrypt")?;
         std::hint::black_box(tag);
         Ok(())
     })?;

@@ -185,13 +185,13 @@ fn main() -> Result<(), BoxErr> {
     let mut ct = Vec::new();
     for _ in 0..reps {
         let c = Aes256GcmSiv::new(k.expose_secret().into());
-        ct = c.encrypt(Nonce::from_slice(&nonce), Payload { msg: &value, aad: &aad }).map_err(|_| "encrypt")?;
+        ct = c.encrypt(&Nonce::from(nonce), Payload { msg: &value, aad: &aad }).map_err(|_| "encrypt")?;
     }
     let seal_each = start.elapsed() / reps;
     let start = Instant::now();
     for _ in 0..reps {
         let c = Aes256GcmSiv::new(k.expose_secret().into());
-        let pt = c.decrypt(Nonce::from_slice(&nonce), Payload { msg: &ct, aad: &aad }).map_err(|_| "decrypt")?;
+        let pt = c.decrypt(&Nonce::from(nonce), Payload { msg: &ct, aad: &aad }).map_err(|_| "decrypt")?;
         if pt.len() != RECORD_LEN {
             return Err("decrypt length".into());
         }

@@ -381,12 +381,12 @@ fn seal_with(cipher: &Aes256GcmSiv, aad: &[u8], plaintext: &[u8]) -> Envelope {
     let mut nonce = [0u8; 12];
     rand::rngs::OsRng.fill_bytes(&mut nonce);
     // GCM-SIV encryption only fails for inputs over 2^36 bytes, far above MAX_VALUE_LEN.
-    let ciphertext = cipher.encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad }).unwrap_or_default();
+    let ciphertext = cipher.encrypt(&Nonce::from(nonce), Payload { msg: plaintext, aad }).unwrap_or_default();
     Envelope { version: 0, nonce, ciphertext }
 }
 
 fn open_with(cipher: &Aes256GcmSiv, aad: &[u8], env: &EnvelopeRef<'_>) -> Option<Zeroizing<Vec<u8>>> {
-    cipher.decrypt(Nonce::from_slice(&env.nonce), Payload { msg: env.ciphertext, aad }).ok().map(Zeroizing::new)
+    cipher.decrypt(&Nonce::from(env.nonce), Payload { msg: env.ciphertext, aad }).ok().map(Zeroizing::new)
 }
 
 /// The set-digest contribution of one stored (table, key, value) entry.
