@@ -524,7 +524,8 @@ impl Committer {
                     Some(m) => m.write().map(|size| self.ledger.materialized(size)),
                     None => Ok(()),
                 },
-            };
+            }
+            .and_then(|()| self.ledger.reset_journal());
             if let Err(e) = result {
                 tracing::error!(ledger = %self.ledger.scope(), error = %error_chain(&e), "could not write the journal into the tiles at close; the next open will");
             }

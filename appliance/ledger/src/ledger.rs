@@ -346,8 +346,16 @@ impl Ledger {
                 self.materialized = size;
             }
         }
-        // Everything is in the tiles now: whichever file comes next may be overwritten.
-        self.journal.switch();
+        // Everything is in the tiles now: both files may be emptied.
+        self.journal.reset()
+    }
+
+    /// Empty the journal when everything in it is in the tiles (nothing journaled since the last
+    /// materialization, none in flight: the caller's invariant). The gate calls it when it closes.
+    pub fn reset_journal(&mut self) -> Result<(), LedgerError> {
+        if self.issued.is_empty() && self.unjournaled.is_empty() {
+            self.journal.reset()?;
+        }
         Ok(())
     }
 
