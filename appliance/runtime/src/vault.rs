@@ -501,17 +501,21 @@ impl Vault {
         }
         tx.commit().map_err(corrupt)?;
         db.set_damaged(false);
-        let cipher = cipher_for(&dek);
-        Ok(Vault {
+        Ok(Self::assemble(db, tenant, &dek, path, lock))
+    }
+
+    /// The open vault around a store that answered, with the data key in hand.
+    fn assemble(db: GuardedDb, tenant: TenantId, dek: &SecretKey, path: &Path, lock: File) -> Self {
+        Vault {
             db,
             tenant,
-            cipher,
-            mac_key,
+            cipher: cipher_for(dek),
+            mac_key: derive_mac_key(dek),
             memo: Mutex::default(),
             targets: Mutex::default(),
             path: path.to_path_buf(),
             _lock: lock,
-        })
+        }
     }
 
     fn open_unguarded(path: &Path, tenant: TenantId, kek: &SecretKey, read_only: bool) -> Result<Self, VaultError> {
@@ -553,18 +557,7 @@ impl Vault {
         })?;
         let dek = SecretKey::take_from(&mut dek_bytes)
             .ok_or_else(|| VaultError::Integrity("unwrapped data key has the wrong length".into()))?;
-        let mac_key = derive_mac_key(&dek);
-        let cipher = cipher_for(&dek);
-        Ok(Vault {
-            db,
-            tenant,
-            cipher,
-            mac_key,
-            memo: Mutex::default(),
-            targets: Mutex::default(),
-            path: path.to_path_buf(),
-            _lock: lock,
-        })
+        Ok(Self::assemble(db, tenant, &dek, path, lock))
     }
 
     /// The OAR target for record `key`: a commitment to the key whose salt is derived from this vault's
