@@ -17,14 +17,17 @@
 //! Record layout (all integers big-endian):
 //!
 //! ```text
-//! record = len:u32 || body (len bytes) || SHA-256("bulwark-journal/v1" || len || body)
-//! body   = epoch:u64 || start:u64 || count:u32 || count × (entry_len:u32 || entry) || cp_len:u32 || checkpoint note
+//! record = "bwj1" || epoch:u64 || len:u32 || body (len bytes) || SHA-256("bulwark-journal/v1" || epoch || len || body)
+//! body   = start:u64 || count:u32 || count × (entry_len:u32 || entry) || cp_len:u32 || checkpoint note
 //! ```
 //!
 //! `start` is the index of the record's first entry; the checkpoint covers the tree of `start + count`
 //! entries. Each record is written and synced before the next is begun, so only a file's last record
-//! can be torn by a crash, and a torn record fails its hash. The journal is internal to the appliance:
-//! it is never exported, and an auditor never needs it.
+//! can be torn by a crash, and a torn record fails its hash. An intact record of the current epoch found
+//! after a damaged one therefore means damage, not a crash (its predecessor had been synced): reading
+//! reports it rather than dropping the acknowledged records behind it. The marker and the epoch in
+//! front of every record make that search cheap. The journal is internal to the appliance: it is never
+//! exported, and an auditor never needs it.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -40,6 +43,10 @@ use crate::tiles::MAX_ENTRY_LEN;
 /// The two journal files, relative to the ledger directory.
 pub const JOURNAL_FILES: [&str; 2] = ["journal.0", "journal.1"];
 const LABEL: &[u8] = b"bulwark-journal/v1";
+/// The first bytes of every record.
+const MAGIC: &[u8; 4] = b"bwj1";
+/// Marker, epoch and length.
+const HEADER: usize = 4 + 8 + 4;
 /// Most entries one record may hold (the gate's largest batch, outcomes included).
 const MAX_RECORD_ENTRIES: usize = 2 * crate::gate::MAX_BATCH;
 
@@ -79,9 +86,10 @@ pub struct Journal {
     entries: u64,
 }
 
-fn record_hash(len: [u8; 4], body: &[u8]) -> [u8; 32] {
+fn record_hash(epoch: [u8; 8], len: [u8; 4], body: &[u8]) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(LABEL);
+    h.update(epoch);
     h.update(len);
     h.update(body);
     h.finalize().into()
@@ -90,11 +98,12 @@ fn record_hash(len: [u8; 4], body: &[u8]) -> [u8; 32] {
 /// Encode one record (framing and hash included).
 pub fn encode_record(epoch: u64, start: u64, entries: &[Vec<u8>], checkpoint: &str) -> Result<Vec<u8>, LedgerError> {
     let too_big = || LedgerError::Unavailable("a journal record would exceed 4 GiB".into());
-    let body_len = 8 + 8 + 4 + entries.iter().map(|e| 4 + e.len()).sum::<usize>() + 4 + checkpoint.len();
+    let body_len = 8 + 4 + entries.iter().map(|e| 4 + e.len()).sum::<usize>() + 4 + checkpoint.len();
     let len = u32::try_from(body_len).map_err(|_| too_big())?;
-    let mut out = Vec::with_capacity(4 + body_len + 32);
-    out.extend_from_slice(&len.to_be_bytes());
+    let mut out = Vec::with_capacity(HEADER + body_len + 32);
+    out.extend_from_slice(MAGIC);
     out.extend_from_slice(&epoch.to_be_bytes());
+    out.extend_from_slice(&len.to_be_bytes());
     out.extend_from_slice(&start.to_be_bytes());
     out.extend_from_slice(&u32::try_from(entries.len()).map_err(|_| too_big())?.to_be_bytes());
     for e in entries {
@@ -103,7 +112,7 @@ pub fn encode_record(epoch: u64, start: u64, entries: &[Vec<u8>], checkpoint: &s
     }
     out.extend_from_slice(&u32::try_from(checkpoint.len()).map_err(|_| too_big())?.to_be_bytes());
     out.extend_from_slice(checkpoint.as_bytes());
-    let hash = record_hash(len.to_be_bytes(), &out[4..]);
+    let hash = record_hash(epoch.to_be_bytes(), len.to_be_bytes(), &out[HEADER..]);
     out.extend_from_slice(&hash);
     Ok(out)
 }
@@ -136,15 +145,18 @@ impl<'a> Body<'a> {
 /// intact record starts (zeros, a torn write, the end of the file).
 pub fn decode_record(bytes: &[u8]) -> Option<(JournalRecord, usize)> {
     let mut outer = Body(bytes);
+    if outer.take(4)? != MAGIC {
+        return None;
+    }
+    let epoch = outer.u64()?;
     let len = outer.u32()?;
     let body = outer.take(len)?;
     let hash = outer.take(32)?;
     let len4 = u32::try_from(len).ok()?.to_be_bytes();
-    if record_hash(len4, body) != hash {
+    if record_hash(epoch.to_be_bytes(), len4, body) != hash {
         return None;
     }
     let mut b = Body(body);
-    let epoch = b.u64()?;
     let start = b.u64()?;
     let count = b.u32()?;
     if count > MAX_RECORD_ENTRIES {
@@ -166,24 +178,63 @@ pub fn decode_record(bytes: &[u8]) -> Option<(JournalRecord, usize)> {
     if !b.0.is_empty() {
         return None;
     }
-    Some((JournalRecord { epoch, start, entries, checkpoint }, 4 + len + 32))
+    Some((JournalRecord { epoch, start, entries, checkpoint }, HEADER + len + 32))
 }
 
-/// The records of one file's current epoch: from offset 0 while records are intact, share the first
-/// record's epoch and follow each other without gaps.
-pub fn read_file(bytes: &[u8]) -> Vec<JournalRecord> {
-    let mut out: Vec<JournalRecord> = Vec::new();
+/// One file's contents: the records of its current epoch (from offset 0 while records are intact, share
+/// the first record's epoch and follow each other without gaps), and every intact record found further
+/// on (stale records of earlier epochs, or, after damage, records that should have been read).
+#[derive(Debug, Default)]
+pub struct FileRecords {
+    /// The readable prefix.
+    pub records: Vec<JournalRecord>,
+    /// Intact records after the prefix, with their offsets.
+    pub beyond: Vec<(usize, JournalRecord)>,
+    /// Where the prefix ends.
+    pub prefix_end: usize,
+}
+
+/// Read one journal file (see [`FileRecords`]).
+pub fn read_file(bytes: &[u8]) -> FileRecords {
+    let mut out = FileRecords::default();
     let mut pos = 0usize;
     while let Some((rec, used)) = bytes.get(pos..).and_then(decode_record) {
-        if let Some(prev) = out.last()
+        if let Some(prev) = out.records.last()
             && (rec.epoch != prev.epoch || rec.start != prev.end())
         {
             break;
         }
-        out.push(rec);
+        out.records.push(rec);
         pos += used;
     }
+    out.prefix_end = pos;
+    let mut at = pos;
+    while let Some(found) = bytes.get(at..).and_then(|rest| rest.windows(MAGIC.len()).position(|w| w == MAGIC)) {
+        let off = at + found;
+        if let Some((rec, _)) = decode_record(&bytes[off..]) {
+            out.beyond.push((off, rec));
+        }
+        at = off + 1;
+    }
     out
+}
+
+/// Whether an intact record after a prefix shows damage rather than leftovers: it belongs to the
+/// prefix's epoch and lies beyond it, or (the first record of a pass being the damaged one) it is of an
+/// epoch newer than every readable record of both files.
+fn damage(files: &[FileRecords]) -> Option<(usize, usize)> {
+    let newest = files.iter().flat_map(|f| f.records.iter().map(|r| r.epoch)).max();
+    for (i, f) in files.iter().enumerate() {
+        let last = f.records.last();
+        for (off, rec) in &f.beyond {
+            let same_pass = last.is_some_and(|l| rec.epoch == l.epoch && rec.start >= l.end());
+            let newer = newest.is_none_or(|n| rec.epoch > n);
+            if same_pass || newer {
+                return Some((i, *off));
+            }
+        }
+    }
+    None
 }
 
 impl Journal {
@@ -192,23 +243,29 @@ impl Journal {
     pub fn open(ledger_dir: &Path) -> Result<(Journal, Vec<JournalRecord>), LedgerError> {
         let paths = JOURNAL_FILES.map(|n| ledger_dir.join(n));
         let mut created = false;
-        let mut records: Vec<Vec<JournalRecord>> = Vec::with_capacity(2);
+        let mut records: Vec<FileRecords> = Vec::with_capacity(2);
         let mut open = |p: &Path| -> Result<File, LedgerError> {
             let existed = p.exists();
             let f =
                 OpenOptions::new().read(true).write(true).create(true).truncate(false).open(p).map_err(io_err(p))?;
             created |= !existed;
-            if existed {
-                let bytes = fs::read(p).map_err(io_err(p))?;
-                records.push(read_file(&bytes));
-            }
+            records.push(if existed { read_file(&fs::read(p).map_err(io_err(p))?) } else { FileRecords::default() });
             Ok(f)
         };
         let files = [open(&paths[0])?, open(&paths[1])?];
         if created {
             File::open(ledger_dir).and_then(|d| d.sync_all()).map_err(io_err(ledger_dir))?;
         }
-        let mut all: Vec<JournalRecord> = records.into_iter().flatten().collect();
+        if let Some((i, off)) = damage(&records) {
+            return Err(LedgerError::Corrupt {
+                path: JOURNAL_FILES[i].to_string(),
+                what: format!(
+                    "a damaged record precedes an intact one at offset {off}; acknowledged batches may be \
+                     behind it, so the journal is not replayed"
+                ),
+            });
+        }
+        let mut all: Vec<JournalRecord> = records.into_iter().flat_map(|f| f.records).collect();
         all.sort_by_key(|r| (r.epoch, r.start));
         let epoch = all.last().map_or(0, |r| r.epoch + 1);
         Ok((Journal { paths, files, active: 0, epoch, offset: 0, entries: 0 }, all))
@@ -276,6 +333,7 @@ mod tests {
     fn records_round_trip_and_every_damage_is_refused() {
         let r = rec(3, 7, 4);
         let (d, used) = decode_record(&r).unwrap();
+        assert_eq!(&r[..4], MAGIC);
         assert_eq!((d.epoch, d.start, d.end(), used), (3, 7, 11, r.len()));
         assert_eq!(d.entries[2], vec![2u8; 12]);
         for i in 0..r.len() {
@@ -301,17 +359,48 @@ mod tests {
         let mut file = old.clone();
         file[..new.len()].copy_from_slice(&new);
         let got = read_file(&file);
-        assert_eq!(got.iter().map(|r| (r.epoch, r.start)).collect::<Vec<_>>(), vec![(3, 10), (3, 13)]);
-        // A torn third record: the first two stand.
+        assert_eq!(got.records.iter().map(|r| (r.epoch, r.start)).collect::<Vec<_>>(), vec![(3, 10), (3, 13)]);
+        assert!(got.beyond.iter().all(|(_, r)| r.epoch == 1), "only stale records beyond");
+        assert_eq!(damage(&[got]), None);
+        // A torn third record: the first two stand, and a torn tail is not damage.
         let mut torn = new.clone();
         let third = rec(3, 14, 5);
         torn.extend_from_slice(&third[..third.len() - 9]);
-        assert_eq!(read_file(&torn).len(), 2);
-        // A record that does not follow on is not taken.
-        let mut gap = new.clone();
-        gap.extend(rec(3, 20, 1));
-        assert_eq!(read_file(&gap).len(), 2);
-        assert!(read_file(&[]).is_empty());
+        let got = read_file(&torn);
+        assert_eq!(got.records.len(), 2);
+        assert_eq!(damage(&[got]), None);
+        assert!(read_file(&[]).records.is_empty());
+    }
+
+    #[test]
+    fn a_damaged_record_before_intact_ones_is_reported() {
+        let mut file = Vec::new();
+        for (s, n) in [(0u64, 2usize), (2, 2), (4, 2)] {
+            file.extend(rec(5, s, n));
+        }
+        let second = rec(5, 0, 2).len() + 20;
+        // The middle record damaged: the third is intact and of the same pass.
+        let mut bad = file.clone();
+        bad[second] ^= 0x10;
+        let got = read_file(&bad);
+        assert_eq!(got.records.len(), 1);
+        assert!(damage(&[got]).is_some());
+        // The first record damaged: the others are newer than anything readable.
+        let mut bad = file.clone();
+        bad[20] ^= 0x10;
+        let other = read_file(&rec(4, 0, 1));
+        assert!(damage(&[read_file(&bad), other]).is_some());
+        // A record of the same pass that does not follow on is damage too.
+        let mut gap = rec(5, 0, 2);
+        gap.extend(rec(5, 7, 1));
+        assert!(damage(&[read_file(&gap)]).is_some());
+        // And it stops the journal from opening.
+        let d = tempfile::tempdir().unwrap();
+        let mut b2 = file.clone();
+        b2[second] ^= 0x10;
+        std::fs::write(d.path().join(JOURNAL_FILES[0]), &b2).unwrap();
+        let err = Journal::open(d.path()).unwrap_err();
+        assert!(matches!(err, LedgerError::Corrupt { ref path, .. } if path == "journal.0"), "{err:?}");
     }
 
     #[test]
