@@ -414,6 +414,12 @@ impl Tiler {
     }
 }
 
+/// The running tile writer thread and its work queue.
+struct TilerWorker {
+    work: SyncSender<Materialization>,
+    handle: JoinHandle<()>,
+}
+
 fn tiler_loop(work: Receiver<Materialization>, tiler: Arc<Tiler>) {
     for m in work {
         let result = m.write();
@@ -473,18 +479,9 @@ impl Committer {
 
     fn run(mut self) {
         let tiler = Arc::new(Tiler::default());
-        let (work, rx) = sync_channel::<Materialization>(1);
-        let handle = {
-            let tiler = Arc::clone(&tiler);
-            std::thread::Builder::new().name("ledger-tiles".into()).spawn(move || tiler_loop(rx, tiler))
-        };
-        let handle = match handle {
-            Ok(h) => Some(h),
-            Err(e) => {
-                self.poisoned = Some(format!("cannot start the tile writer thread: {e}"));
-                None
-            }
-        };
+        // The tile writer thread starts with the first materialization (a short-lived gate, such as one
+        // CLI command's, never needs it: its close writes the tiles on this thread).
+        let mut worker: Option<TilerWorker> = None;
         loop {
             let batch: Vec<Request> = {
                 let mut q = lock(&self.shared.queue);
@@ -495,7 +492,7 @@ impl Committer {
                         q = g;
                         if timeout.timed_out() && q.items.is_empty() {
                             drop(q);
-                            self.materialize(&tiler, &work, true);
+                            self.materialize(&tiler, &mut worker, true);
                             q = lock(&self.shared.queue);
                         }
                     } else {
@@ -509,11 +506,11 @@ impl Committer {
                 q.items.drain(..n).collect()
             };
             self.process(batch, &tiler);
-            self.materialize(&tiler, &work, false);
+            self.materialize(&tiler, &mut worker, false);
         }
-        drop(work);
-        if let Some(h) = handle {
-            let _ = h.join();
+        if let Some(w) = worker {
+            drop(w.work);
+            let _ = w.handle.join();
         }
         // Leave the tiles complete, so that an export after this process ends sees every entry.
         if self.poisoned.is_none() {
@@ -533,7 +530,7 @@ impl Committer {
     }
 
     /// Hand journaled batches to the tiler when it is idle and enough have gathered (or `idle`).
-    fn materialize(&mut self, tiler: &Tiler, work: &SyncSender<Materialization>, idle: bool) {
+    fn materialize(&mut self, tiler: &Arc<Tiler>, worker: &mut Option<TilerWorker>, idle: bool) {
         if self.poisoned.is_some() || !self.ledger.has_unmaterialized() {
             return;
         }
@@ -548,9 +545,22 @@ impl Committer {
             }
             self.ledger.materialized(st.done);
         }
+        if worker.is_none() {
+            let (work, rx) = sync_channel::<Materialization>(1);
+            let t = Arc::clone(tiler);
+            match std::thread::Builder::new().name("ledger-tiles".into()).spawn(move || tiler_loop(rx, t)) {
+                Ok(handle) => *worker = Some(TilerWorker { work, handle }),
+                Err(e) => {
+                    // The journal keeps everything; the tiles get written at close or the next open.
+                    tracing::warn!(error = %e, "cannot start the tile writer thread");
+                    return;
+                }
+            }
+        }
+        let Some(w) = worker.as_ref() else { return };
         let Some(m) = self.ledger.begin_materialize() else { return };
         lock(&tiler.state).busy = true;
-        if let Err(std::sync::mpsc::SendError(_)) = work.send(m) {
+        if let Err(std::sync::mpsc::SendError(_)) = w.work.send(m) {
             let mut st = lock(&tiler.state);
             st.busy = false;
             st.failed = Some("the tile writer thread stopped".into());

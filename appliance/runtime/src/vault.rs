@@ -31,7 +31,8 @@
 //! Read-only opens ([`Vault::open_read_only`]) never write the file: a read-write redb database marks its
 //! header on open and saves its allocator state on close (three syncs even when nothing was written), and
 //! on a damaged file that close has panicked inside its own clean-up, which aborts the process. Commands
-//! that only read therefore open read-only. A read-write vault whose store reported damage (an error or a
+//! that only read therefore open read-only, and [`Vault::open`] also starts read-only and reopens the
+//! file read-write at its first write. A read-write vault whose store reported damage (an error or a
 //! caught panic) is never closed through redb: its handle is leaked instead (until the process ends), so
 //! nothing more is written to a damaged file. Damage that no operation noticed can still make redb 4.6
 //! abort the process while closing a read-write handle (release builds; seen on 2 of 73,728 single-byte
@@ -233,7 +234,10 @@ pub struct RecordInfo {
 /// The vault's database, read-write or read-only. Its drop is guarded like every other storage call, and
 /// skipped once the store has reported damage (see the module docs).
 struct GuardedDb {
-    store: Option<Store>,
+    store: Mutex<Option<Store>>,
+    /// Where to reopen the file read-write on the first write, for a vault opened for writing but
+    /// started read-only; `None` for a read-only vault.
+    upgrade: Option<PathBuf>,
     /// Set when the store reported damage, and while it is being opened (until it proved readable).
     damaged: AtomicBool,
 }
@@ -243,28 +247,54 @@ enum Store {
     Ro(ReadOnlyDatabase),
 }
 
+/// How long the first write waits for redb's own file lock when it reopens the file read-write (a read
+/// transaction on another thread may still hold the read-only handle for a moment).
+const UPGRADE_WAIT: Duration = Duration::from_secs(5);
+
 impl GuardedDb {
-    fn new(store: Store) -> Self {
-        Self { store: Some(store), damaged: AtomicBool::new(true) }
+    fn new(store: Store, upgrade: Option<PathBuf>) -> Self {
+        Self { store: Mutex::new(Some(store)), upgrade, damaged: AtomicBool::new(true) }
     }
 
-    fn store(&self) -> &Store {
-        // Always Some until drop: the only take() is in Drop.
-        self.store.as_ref().unwrap_or_else(|| unreachable!("vault database used after drop"))
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Store>> {
+        // The guarded value is a handle; a panic while it was held leaves it as it was.
+        self.store.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn begin_read(&self) -> Result<ReadTransaction, VaultError> {
-        match self.store() {
-            Store::Rw(d) => d.begin_read(),
-            Store::Ro(d) => d.begin_read(),
+        match self.lock().as_ref() {
+            Some(Store::Rw(d)) => d.begin_read().map_err(corrupt),
+            Some(Store::Ro(d)) => d.begin_read().map_err(corrupt),
+            None => unreachable!("vault database used after drop"),
         }
-        .map_err(corrupt)
     }
 
     fn begin_write(&self) -> Result<WriteTransaction, VaultError> {
-        match self.store() {
-            Store::Rw(d) => d.begin_write().map_err(corrupt),
-            Store::Ro(_) => Err(VaultError::ReadOnly),
+        let mut store = self.lock();
+        if let (Some(Store::Ro(_)), Some(path)) = (store.as_ref(), &self.upgrade) {
+            // First write of a vault opened for writing: close the read-only handle, open read-write.
+            let ro = store.take();
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(ro)));
+            let start = Instant::now();
+            let db = loop {
+                match Database::open(path) {
+                    Ok(db) => break db,
+                    Err(redb::DatabaseError::DatabaseAlreadyOpen) if start.elapsed() < UPGRADE_WAIT => {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    Err(e) => {
+                        // Leave a read-only handle behind so reads keep working.
+                        *store = ReadOnlyDatabase::open(path).ok().map(Store::Ro);
+                        return Err(corrupt(e));
+                    }
+                }
+            };
+            *store = Some(Store::Rw(db));
+        }
+        match store.as_ref() {
+            Some(Store::Rw(d)) => d.begin_write().map_err(corrupt),
+            Some(Store::Ro(_)) => Err(VaultError::ReadOnly),
+            None => Err(VaultError::Corrupt("the vault could not be reopened for writing".into())),
         }
     }
 
@@ -275,7 +305,7 @@ impl GuardedDb {
 
 impl Drop for GuardedDb {
     fn drop(&mut self) {
-        let store = self.store.take();
+        let store = self.store.get_mut().unwrap_or_else(PoisonError::into_inner).take();
         if self.damaged.load(Ordering::SeqCst)
             && let Some(Store::Rw(db)) = store
         {
@@ -482,7 +512,7 @@ impl Vault {
 
     fn create_unguarded(path: &Path, tenant: TenantId, kek: &SecretKey) -> Result<Self, VaultError> {
         let lock = acquire_lock(path)?;
-        let db = GuardedDb::new(Store::Rw(Database::create(path).map_err(corrupt)?));
+        let db = GuardedDb::new(Store::Rw(Database::create(path).map_err(corrupt)?), None);
         let dek = SecretKey::random();
         let mac_key = derive_mac_key(&dek);
         let mut wrapped = seal_with(&cipher_for(kek), &aad(AAD_DEK, &tenant, "", 0), dek.expose_secret());
@@ -523,18 +553,16 @@ impl Vault {
             return Err(VaultError::Missing(path.to_path_buf()));
         }
         let lock = acquire_lock(path)?;
-        let store = if read_only {
-            match ReadOnlyDatabase::open(path) {
-                Ok(db) => Store::Ro(db),
-                // Not closed cleanly: only a read-write open repairs it.
-                Err(redb::DatabaseError::RepairAborted) => Store::Rw(Database::open(path).map_err(corrupt)?),
-                Err(e) => return Err(corrupt(e)),
-            }
-        } else {
-            Store::Rw(Database::open(path).map_err(corrupt)?)
+        // Read-only first, also for a vault opened for writing: the first write reopens it read-write (a
+        // read-write open syncs the file, and so does its close, even when nothing is written).
+        let store = match ReadOnlyDatabase::open(path) {
+            Ok(db) => Store::Ro(db),
+            // Not closed cleanly: only a read-write open repairs it.
+            Err(redb::DatabaseError::RepairAborted) => Store::Rw(Database::open(path).map_err(corrupt)?),
+            Err(e) => return Err(corrupt(e)),
         };
         // Damaged until proven readable: an error or a panic below leaves the handle leaked, not closed.
-        let db = GuardedDb::new(store);
+        let db = GuardedDb::new(store, (!read_only).then(|| path.to_path_buf()));
         let (format, wrapped) = {
             let tx = db.begin_read()?;
             let meta = tx.open_table(META).map_err(corrupt)?;
