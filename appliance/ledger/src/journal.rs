@@ -422,4 +422,31 @@ mod tests {
         assert_eq!(recs[2].checkpoint, "cp4");
         assert_eq!(j.epoch, 2);
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn any_bytes_and_any_damage_read_without_panicking(
+            junk in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+            cut in 0usize..2000,
+            flip in 0usize..2000,
+        ) {
+            let _ = read_file(&junk);
+            let mut file = rec(2, 0, 3);
+            file.extend(rec(2, 3, 1));
+            file.extend(junk);
+            let cut = cut.min(file.len());
+            let mut damaged = file[..cut].to_vec();
+            if !damaged.is_empty() {
+                let at = flip % damaged.len();
+                damaged[at] ^= 0x41;
+            }
+            let got = read_file(&damaged);
+            for pair in got.records.windows(2) {
+                proptest::prop_assert_eq!(pair[0].end(), pair[1].start);
+            }
+            let _ = damage(&[got]);
+        }
+    }
 }
