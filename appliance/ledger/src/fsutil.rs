@@ -182,40 +182,12 @@ pub fn write_replace(path: &Path, bytes: &[u8], dirty: &mut BTreeSet<PathBuf>) -
 
 /// fsync the directories (on the I/O pool) while `f` runs on this thread; both results are returned.
 pub fn sync_dirs_during<R>(dirs: &BTreeSet<PathBuf>, f: impl FnOnce() -> R) -> (io::Result<()>, R) {
-    let (tx, rx) = mpsc::channel::<io::Result<()>>();
-    let mut sent = 0usize;
-    let mut inline = Vec::new();
+    let mut syncs = Syncs::new();
     for d in dirs {
-        let item = SyncItem::Dir(d.clone());
-        let queued = io_pool().and_then(|pool| {
-            let tx = tx.clone();
-            let job: IoJob = Box::new(move || {
-                let _ = tx.send(item.sync());
-            });
-            pool.tx.lock().ok()?.send(job).ok()
-        });
-        match queued {
-            Some(()) => sent += 1,
-            None => inline.push(SyncItem::Dir(d.clone())),
-        }
+        syncs.queue(SyncItem::Dir(d.clone()));
     }
-    drop(tx);
     let r = f();
-    let mut result = Ok(());
-    for item in inline {
-        if let Err(e) = item.sync()
-            && result.is_ok()
-        {
-            result = Err(e);
-        }
-    }
-    for _ in 0..sent {
-        let x = rx.recv().unwrap_or_else(|_| Err(io::Error::other("fsync job lost")));
-        if result.is_ok() {
-            result = x;
-        }
-    }
-    (result, r)
+    (syncs.wait(), r)
 }
 
 /// fsync each directory (concurrently).
@@ -309,36 +281,60 @@ impl SyncItem {
     }
 }
 
+/// fsyncs handed to the I/O pool (or run at once when the pool cannot take them); [`Syncs::wait`]
+/// collects every result, the first error winning.
+struct Syncs {
+    tx: mpsc::Sender<io::Result<()>>,
+    rx: mpsc::Receiver<io::Result<()>>,
+    sent: usize,
+}
+
+impl Syncs {
+    fn new() -> Self {
+        let (tx, rx) = mpsc::channel();
+        Self { tx, rx, sent: 0 }
+    }
+
+    fn queue(&mut self, item: SyncItem) {
+        let tx = self.tx.clone();
+        let job: IoJob = Box::new(move || {
+            let _ = tx.send(item.sync());
+        });
+        self.sent += 1;
+        let job = match io_pool().map(|pool| pool.tx.lock()) {
+            Some(Ok(pool)) => match pool.send(job) {
+                Ok(()) => return,
+                Err(mpsc::SendError(job)) => job,
+            },
+            _ => job,
+        };
+        job();
+    }
+
+    fn wait(self) -> io::Result<()> {
+        let Syncs { tx, rx, sent } = self;
+        drop(tx);
+        let mut result = Ok(());
+        for _ in 0..sent {
+            let r = rx.recv().unwrap_or_else(|_| Err(io::Error::other("fsync job lost")));
+            if result.is_ok() {
+                result = r;
+            }
+        }
+        result
+    }
+}
+
 /// fsync every item concurrently: all but one on the I/O pool, the last on the caller's thread.
 fn sync_all_items(mut items: Vec<SyncItem>) -> io::Result<()> {
     let Some(last) = items.pop() else { return Ok(()) };
-    let (tx, rx) = mpsc::channel::<io::Result<()>>();
-    let mut sent = 0usize;
-    let mut result = Ok(());
+    let mut syncs = Syncs::new();
     for item in items {
-        let queued = io_pool().and_then(|pool| {
-            let tx = tx.clone();
-            let job: IoJob = Box::new(move || {
-                let _ = tx.send(item.sync());
-            });
-            pool.tx.lock().ok()?.send(job).ok()
-        });
-        match queued {
-            Some(()) => sent += 1,
-            None => return Err(io::Error::other("the fsync pool is unavailable")),
-        }
+        syncs.queue(item);
     }
-    drop(tx);
-    if let Err(e) = last.sync() {
-        result = Err(e);
-    }
-    for _ in 0..sent {
-        let r = rx.recv().unwrap_or_else(|_| Err(io::Error::other("fsync job lost")));
-        if result.is_ok() {
-            result = r;
-        }
-    }
-    result
+    let mine = last.sync();
+    let theirs = syncs.wait();
+    mine.and(theirs)
 }
 
 /// fsync staged files and directories together.

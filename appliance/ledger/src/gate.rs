@@ -162,6 +162,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
+    /// Make `cp` the head that [`Gate::head`] and [`Gate::checkpoint`] report.
+    fn publish(&self, cp: &crate::note::SignedCheckpoint) {
+        let mut p = lock(&self.published);
+        p.head = cp.head();
+        p.checkpoint = cp.text().to_string();
+    }
+
     fn submit(&self, req: Request) -> Result<(), LedgerError> {
         let mut q = lock(&self.queue);
         if q.closed {
@@ -471,9 +478,7 @@ impl Committer {
             self.append_outcome(c, Status::Interrupted, Digest::None)?;
         }
         let cp = self.ledger.commit(&self.signer)?;
-        let mut p = lock(&self.shared.published);
-        p.head = cp.head();
-        p.checkpoint = cp.text().to_string();
+        self.shared.publish(&cp);
         Ok(())
     }
 
@@ -675,11 +680,7 @@ impl Committer {
                 return;
             }
         };
-        {
-            let mut p = lock(&self.shared.published);
-            p.head = cp.head();
-            p.checkpoint = cp.text().to_string();
-        }
+        self.shared.publish(&cp);
         let size = cp.head().size;
         let checkpoint: Arc<str> = Arc::from(cp.text());
         for d in done {
@@ -711,10 +712,7 @@ impl Committer {
                 self.adopt(rec);
                 st.failed = None;
                 st.done = self.ledger.checkpoint().head().size;
-                let cp = self.ledger.checkpoint();
-                let mut p = lock(&self.shared.published);
-                p.head = cp.head();
-                p.checkpoint = cp.text().to_string();
+                self.shared.publish(self.ledger.checkpoint());
             }
             Err(e2) => {
                 let why2 = error_chain(&e2);

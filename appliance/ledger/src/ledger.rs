@@ -579,10 +579,20 @@ fn load_state(
     key: &LedgerPublicKey,
 ) -> Result<(Tree, SignedCheckpoint, History, usize), LedgerError> {
     let (history, hist) = History::open(dir, scope, key)?;
+    let latest_path = dir.join("checkpoint");
+    let latest_text = match fs::read_to_string(&latest_path) {
+        Ok(t) => Some(t),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(LedgerError::Io { path: latest_path, source: e }),
+    };
     // `checkpoint` is normally the history's newest record, verified already: verify it only if not.
-    let latest = match (&hist, fs::read_to_string(dir.join("checkpoint"))) {
-        (Some(h), Ok(text)) if text == h.text() => Some(h.clone()),
-        _ => read_checkpoint(dir, scope, key, "checkpoint")?,
+    let latest = match (&hist, &latest_text) {
+        (Some(h), Some(text)) if text == h.text() => Some(h.clone()),
+        (_, Some(text)) => Some(
+            SignedCheckpoint::verify(text, scope, key)
+                .map_err(|source| LedgerError::Checkpoint { path: "checkpoint".into(), source })?,
+        ),
+        (_, None) => None,
     };
     let cp = match (latest, hist) {
         (None, None) => {
@@ -601,8 +611,7 @@ fn load_state(
     let head = cp.head();
     // `checkpoint` must name the adopted checkpoint (a crash can leave it behind the history); the
     // history catches up in `Ledger::replay`, in order with the journal's checkpoints.
-    let latest_path = dir.join("checkpoint");
-    if fs::read(&latest_path).ok().as_deref() != Some(cp.text().as_bytes()) {
+    if latest_text.as_deref() != Some(cp.text()) {
         fsutil::write_durable(&latest_path, cp.text().as_bytes()).map_err(io_err(&latest_path))?;
     }
     let removed = truncate_beyond(dir, head.size)?;
@@ -668,23 +677,6 @@ impl Materialization {
         }
         Ok(self.cp.head().size)
     }
-}
-
-fn read_checkpoint(
-    dir: &Path,
-    scope: &LedgerScope,
-    key: &LedgerPublicKey,
-    rel: &str,
-) -> Result<Option<SignedCheckpoint>, LedgerError> {
-    let p = dir.join(rel);
-    let text = match fs::read_to_string(&p) {
-        Ok(t) => t,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(LedgerError::Io { path: p, source: e }),
-    };
-    SignedCheckpoint::verify(&text, scope, key)
-        .map(Some)
-        .map_err(|source| LedgerError::Checkpoint { path: rel.to_string(), source })
 }
 
 /// Write changed tiles and bundles under temporary names, fsync them together and rename them into
