@@ -15,16 +15,9 @@ use std::time::{Duration, Instant};
 use bulwark_tpm::policy::{self, PcrIndex};
 use bulwark_tpm::swtpm::Swtpm;
 use bulwark_tpm::{LivenessSlot, PcrBank, SealPolicy, SessionEncryption, TctiSpec, Tpm, TpmOptions, UnsealAuth};
-use tss_esapi::attributes::ObjectAttributesBuilder;
-use tss_esapi::constants::SessionType;
-use tss_esapi::handles::{KeyHandle, ObjectHandle, PersistentTpmHandle, SessionHandle, TpmHandle};
-use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
-use tss_esapi::interface_types::session_handles::{AuthSession, PolicySession};
-use tss_esapi::structures::{
-    Digest, KeyedHashScheme, PcrSelectionListBuilder, PcrSlot, PublicBuilder, PublicKeyedHashParameters, SensitiveData,
-    SymmetricDefinition,
-};
-use tss_esapi::{Context, TctiNameConf};
+
+mod esapi_anchor;
+use esapi_anchor::AnchorObject;
 
 type BoxErr = Box<dyn std::error::Error>;
 
@@ -39,56 +32,6 @@ fn stats(mut v: Vec<Duration>) -> (Duration, Duration) {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
-}
-
-fn anchor(tcti: &str, n: usize, pcr_policy: [u8; 32]) -> Result<Vec<Duration>, BoxErr> {
-    let mut ctx = Context::new(TctiNameConf::from_str(tcti)?)?;
-    let srk_obj = ctx.tr_from_tpm_public(TpmHandle::Persistent(PersistentTpmHandle::new(bulwark_tpm::SRK_HANDLE)?))?;
-    let srk = KeyHandle::from(srk_obj);
-    let public = PublicBuilder::new()
-        .with_public_algorithm(PublicAlgorithm::KeyedHash)
-        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
-        .with_object_attributes(
-            ObjectAttributesBuilder::new().with_fixed_tpm(true).with_fixed_parent(true).with_no_da(true).build()?,
-        )
-        .with_auth_policy(Digest::try_from(pcr_policy.to_vec())?)
-        .with_keyed_hash_parameters(PublicKeyedHashParameters::new(KeyedHashScheme::Null))
-        .with_keyed_hash_unique_identifier(Digest::default())
-        .build()?;
-    let created = ctx.execute_with_nullauth_session(|c| {
-        c.create(srk, public, None, Some(SensitiveData::try_from(SECRET.to_vec())?), None, None)
-    })?;
-    let selection = PcrSelectionListBuilder::new()
-        .with_selection(HashingAlgorithm::Sha256, &[PcrSlot::Slot4, PcrSlot::Slot7])
-        .build()?;
-    let mut times = Vec::with_capacity(n);
-    for _ in 0..n {
-        let t = Instant::now();
-        ctx.set_sessions((Some(AuthSession::Password), None, None));
-        let key = ctx.load(srk, created.out_private.clone(), created.out_public.clone())?;
-        ctx.clear_sessions();
-        let sess = ctx
-            .start_auth_session(
-                None,
-                None,
-                None,
-                SessionType::Policy,
-                SymmetricDefinition::Null,
-                HashingAlgorithm::Sha256,
-            )?
-            .ok_or("no session")?;
-        ctx.policy_pcr(PolicySession::try_from(sess)?, Digest::default(), selection.clone())?;
-        ctx.set_sessions((Some(sess), None, None));
-        let data = ctx.unseal(ObjectHandle::from(key))?;
-        ctx.clear_sessions();
-        ctx.flush_context(ObjectHandle::from(key))?;
-        ctx.flush_context(ObjectHandle::from(SessionHandle::from(sess)))?;
-        times.push(t.elapsed());
-        if data.value() != SECRET {
-            return Err("anchor unsealed the wrong bytes".into());
-        }
-    }
-    Ok(times)
 }
 
 fn ours(tpm: &Tpm, obj: &bulwark_tpm::SealedObject, n: usize) -> Result<Vec<Duration>, BoxErr> {
@@ -123,15 +66,16 @@ fn main() -> Result<(), BoxErr> {
     let sealed = tpm.seal(SECRET, &SealPolicy::new(values, LivenessSlot::new(0, 0)?), &[0x5a; 32])?;
     let encrypted = Tpm::open_with(&spec, TpmOptions { encryption: SessionEncryption::Always })?;
 
+    let anchor = AnchorObject::create(&sw.tcti(), &[4, 7], pcr_policy, SECRET)?;
     // Warm up both paths, then interleave the runs in blocks so drift hits all three alike.
-    anchor(&sw.tcti(), 20, pcr_policy)?;
+    anchor.unseal_times(&sw.tcti(), 20)?;
     ours(&tpm, &sealed, 20)?;
     let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
     let block = 50;
     let mut done = 0;
     while done < n {
         let k = block.min(n - done);
-        a.extend(anchor(&sw.tcti(), k, pcr_policy)?);
+        a.extend(anchor.unseal_times(&sw.tcti(), k)?);
         b.extend(ours(&tpm, &sealed, k)?);
         c.extend(ours(&encrypted, &sealed, k)?);
         done += k;

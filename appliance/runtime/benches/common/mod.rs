@@ -5,26 +5,19 @@
 //! Each bench binary uses a subset of these, hence the `dead_code` allowance.
 #![allow(dead_code)]
 
-use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use bulwark_appliance::ids::TenantId;
 use bulwark_appliance::vault::Vault;
 use bulwark_ledger::oar::{Actor, Digest as OarDigest, OarDraft, OpKind, Outcome, Role, RuntimeState, Target};
 use bulwark_ledger::{Attested, Gate, LedgerSigner, SignerSeed};
-use tss_esapi::attributes::ObjectAttributesBuilder;
-use tss_esapi::constants::SessionType;
-use tss_esapi::handles::{KeyHandle, ObjectHandle, PersistentTpmHandle, SessionHandle, TpmHandle};
-use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
-use tss_esapi::interface_types::session_handles::{AuthSession, PolicySession};
-use tss_esapi::structures::{
-    Digest, KeyedHashScheme, PcrSelectionList, PcrSelectionListBuilder, PcrSlot, Private, Public, PublicBuilder,
-    PublicKeyedHashParameters, SensitiveData, SymmetricDefinition,
-};
-use tss_esapi::{Context, TctiNameConf};
-
 /// Any failure in a bench: it aborts the run with the message.
 pub type BoxErr = Box<dyn std::error::Error>;
+
+#[path = "../../../../tpm/benches/esapi_anchor/mod.rs"]
+mod esapi_anchor;
+#[allow(unused_imports)] // not every bench binary measures the anchor
+pub use esapi_anchor::{AnchorObject, connect_times};
 
 /// Median, p99, mean, min and max of a set of samples.
 #[derive(Debug, Clone, Copy)]
@@ -147,105 +140,6 @@ pub fn fsync_probe(dir: &std::path::Path) -> Result<String, BoxErr> {
     std::fs::remove_file(&path)?;
     let s = stats(&times)?;
     Ok(format!("disk: 4 KiB write + fdatasync median {:.3} ms, p99 {:.3} ms (50 samples)", ms(s.median), ms(s.p99)))
-}
-
-/// A PCR-only sealed object for the anchor: a keyed-hash object under the SRK with the same
-/// attributes as Bulwark's sealed KEKs (fixedTPM | fixedParent | noDA, no userWithAuth) whose
-/// authPolicy is a bare PolicyPCR over `selection`.
-pub struct AnchorObject {
-    public: Public,
-    private: Private,
-    selection: PcrSelectionList,
-    secret: Vec<u8>,
-}
-
-fn pcr_slot(pcr: u32) -> Result<PcrSlot, BoxErr> {
-    let bit = 1u32.checked_shl(pcr).ok_or("PCR index out of range")?;
-    Ok(PcrSlot::try_from(bit)?)
-}
-
-fn connect(tcti: &str) -> Result<(Context, KeyHandle), BoxErr> {
-    let mut ctx = Context::new(TctiNameConf::from_str(tcti)?)?;
-    let srk = ctx.tr_from_tpm_public(TpmHandle::Persistent(PersistentTpmHandle::new(bulwark_tpm::SRK_HANDLE)?))?;
-    Ok((ctx, KeyHandle::from(srk)))
-}
-
-impl AnchorObject {
-    /// Seals `secret` under the persistent SRK to PolicyPCR over `pcrs` of the SHA-256 bank, whose
-    /// current policy digest is `pcr_policy` (computed offline by the caller). Opens and closes its
-    /// own connection, so it must not overlap a `bulwark_tpm::Tpm` operation on a one-client swtpm.
-    pub fn create(tcti: &str, pcrs: &[u32], pcr_policy: [u8; 32], secret: &[u8]) -> Result<Self, BoxErr> {
-        let (mut ctx, srk) = connect(tcti)?;
-        let public = PublicBuilder::new()
-            .with_public_algorithm(PublicAlgorithm::KeyedHash)
-            .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
-            .with_object_attributes(
-                ObjectAttributesBuilder::new().with_fixed_tpm(true).with_fixed_parent(true).with_no_da(true).build()?,
-            )
-            .with_auth_policy(Digest::try_from(pcr_policy.to_vec())?)
-            .with_keyed_hash_parameters(PublicKeyedHashParameters::new(KeyedHashScheme::Null))
-            .with_keyed_hash_unique_identifier(Digest::default())
-            .build()?;
-        let sensitive = SensitiveData::try_from(secret.to_vec())?;
-        let created =
-            ctx.execute_with_nullauth_session(|c| c.create(srk, public, None, Some(sensitive), None, None))?;
-        let slots = pcrs.iter().map(|p| pcr_slot(*p)).collect::<Result<Vec<_>, _>>()?;
-        let selection = PcrSelectionListBuilder::new().with_selection(HashingAlgorithm::Sha256, &slots).build()?;
-        Ok(AnchorObject {
-            public: created.out_public,
-            private: created.out_private,
-            selection,
-            secret: secret.to_vec(),
-        })
-    }
-
-    /// Runs `n` plain unseals on one connection and returns each one's time: TPM2_Load, an unsalted
-    /// policy session, TPM2_PolicyPCR, TPM2_Unseal, TPM2_FlushContext of object and session. The
-    /// connection is opened before and closed after the timed loop (it is not counted).
-    pub fn unseal_times(&self, tcti: &str, n: usize) -> Result<Vec<Duration>, BoxErr> {
-        let (mut ctx, srk) = connect(tcti)?;
-        let mut times = Vec::with_capacity(n);
-        for _ in 0..n {
-            let t = Instant::now();
-            ctx.set_sessions((Some(AuthSession::Password), None, None));
-            let key = ctx.load(srk, self.private.clone(), self.public.clone())?;
-            ctx.clear_sessions();
-            let sess = ctx
-                .start_auth_session(
-                    None,
-                    None,
-                    None,
-                    SessionType::Policy,
-                    SymmetricDefinition::Null,
-                    HashingAlgorithm::Sha256,
-                )?
-                .ok_or("the TPM returned no session")?;
-            ctx.policy_pcr(PolicySession::try_from(sess)?, Digest::default(), self.selection.clone())?;
-            ctx.set_sessions((Some(sess), None, None));
-            let data = ctx.unseal(ObjectHandle::from(key))?;
-            ctx.clear_sessions();
-            ctx.flush_context(ObjectHandle::from(key))?;
-            ctx.flush_context(ObjectHandle::from(SessionHandle::from(sess)))?;
-            times.push(t.elapsed());
-            if data.value() != self.secret.as_slice() {
-                return Err("the anchor unsealed the wrong bytes".into());
-            }
-        }
-        Ok(times)
-    }
-}
-
-/// Times `n` plain ESAPI connects (TCTI loader + Esys_Initialize) and disconnects, nothing else.
-pub fn connect_times(tcti: &str, n: usize) -> Result<Vec<Duration>, BoxErr> {
-    let conf = TctiNameConf::from_str(tcti)?;
-    let mut times = Vec::with_capacity(n);
-    for _ in 0..n {
-        let t = Instant::now();
-        let ctx = Context::new(conf.clone())?;
-        drop(ctx);
-        times.push(t.elapsed());
-    }
-    Ok(times)
 }
 
 /// A real ledger gate for one tenant in a temporary directory, for benches that call [`Vault`] directly:
