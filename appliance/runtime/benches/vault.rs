@@ -8,12 +8,14 @@
 //!   is; a get is one read transaction returning an owned copy, like the vault's.
 //!
 //! 5,000 distinct keys are put into each store in 5 interleaved rounds of 1,000 (the order alternates per
-//! round). Both stores are then closed and opened again (the vault read-only, as reading commands open
-//! it), so nothing is cached in either, and all 5,000 keys are read back from each: once as the first
-//! read after opening (the vault decrypts every record), then in 5 more interleaved passes (repeat reads:
-//! the vault's read memo answers them after comparing the stored bytes). Every get is checked against the
-//! value put. A crypto-only line (cipher setup + seal/open of one 4 KiB record as the vault
-//! does it) attributes the difference.
+//! round). Then, 5 times: both stores are closed and opened again (the vault read-only, as reading commands
+//! open it), so nothing is cached in either, and all 5,000 keys are read back once from each (first reads:
+//! the vault decrypts every record; the order alternates per round). The figure is the median round. After
+//! the last round come 6 more interleaved passes: the first is the vault's second read of every record
+//! (decrypted again, and now kept in its read memo), the other 5 are repeat reads (the memo answers after
+//! comparing the stored bytes). Every get is checked against the value put. A crypto-only line (cipher
+//! setup + seal/open of one 4 KiB record as the vault does it) attributes the difference, and gives the
+//! best first-read ratio possible with this AEAD: the plain store's first read plus one open.
 //!
 //! Every vault operation needs an attestation token from the tenant's ledger gate. This bench measures the
 //! store, not the gate: the tokens come from a real gate ([`common::BenchGate`]) but are minted before each
@@ -30,7 +32,7 @@ use std::time::{Duration, Instant};
 use aes_gcm_siv::aead::{Aead, KeyInit, Payload};
 use aes_gcm_siv::{Aes256GcmSiv, Nonce};
 use bulwark_appliance::ids::TenantId;
-use bulwark_appliance::secret::SecretKey;
+use bulwark_appliance::secret::{Plaintext, SecretKey};
 use bulwark_appliance::vault::Vault;
 use bulwark_ledger::OpKind;
 use common::{BenchGate, BoxErr, stats, us};
@@ -42,7 +44,8 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const RECORD_LEN: usize = 4096;
 const KEYS: u32 = 5000;
 const ROUNDS: u32 = 5;
-const GET_PASSES: u32 = 5;
+const GET_PASSES: usize = 6;
+const FIRST_ROUNDS: usize = 5;
 
 /// The baseline: redb with the vault's tables and durability, no encryption, no set digest.
 struct Plain {
@@ -80,6 +83,26 @@ impl Plain {
     }
 }
 
+/// One timed pass reading every key once, from the vault (`which == 0`) or the plain store; every value is
+/// checked against the one put.
+fn timed_pass(
+    vault: &Vault,
+    plain: &Plain,
+    which: usize,
+    keys: &[String],
+    tokens: &[bulwark_ledger::Attested],
+    value: &[u8],
+) -> Result<Duration, BoxErr> {
+    let start = Instant::now();
+    for (k, token) in keys.iter().zip(tokens) {
+        let ok = if which == 0 { *vault.get(token, k)? == *value } else { plain.get(k)? == value };
+        if !ok {
+            return Err(format!("record {k} read back wrong").into());
+        }
+    }
+    Ok(start.elapsed())
+}
+
 fn key(i: u32) -> String {
     format!("rec-{i:05}")
 }
@@ -98,6 +121,12 @@ fn main() -> Result<(), BoxErr> {
     let plain = Plain::create(&plain_path)?;
     let mut value = vec![0u8; RECORD_LEN];
     rand::rngs::OsRng.fill_bytes(&mut value);
+
+    // One get token per key, minted before any timed pass and presented by every pass (a record key's
+    // target depends only on the key and the data key, so it holds across reopens).
+    let keys_all: Vec<String> = (0..KEYS).map(key).collect();
+    let get_tokens =
+        keys_all.iter().map(|k| gate.for_key(&vault, OpKind::VaultGet, k)).collect::<Result<Vec<_>, _>>()?;
 
     // Puts, interleaved in rounds.
     let per_round = KEYS / ROUNDS;
@@ -135,32 +164,35 @@ fn main() -> Result<(), BoxErr> {
         }
     }
 
-    // Gets: close and reopen both stores, then one first-read pass and GET_PASSES repeat passes.
+    // Gets. FIRST_ROUNDS times: close and reopen both stores, then read every key once from each, the order
+    // alternating per round (first reads). After the last round, GET_PASSES more interleaved passes: the
+    // vault's second read of each record (decrypted again, now kept in its memo), then repeat reads.
     drop(vault);
     drop(plain);
-    let vault = Vault::open_read_only(&vault_path, tenant, &kek)?;
-    let plain = Plain::open(&plain_path)?;
-    let keys: Vec<String> = (0..KEYS).map(key).collect();
-    // One get token per key, minted before any timed pass and presented by every pass.
-    let get_tokens = keys.iter().map(|k| gate.for_key(&vault, OpKind::VaultGet, k)).collect::<Result<Vec<_>, _>>()?;
+    let keys = keys_all;
+    let (mut vf, mut pf) = (Vec::new(), Vec::new());
+    let mut opened = None;
+    for round in 0..FIRST_ROUNDS {
+        drop(opened.take());
+        let vault = Vault::open_read_only(&vault_path, tenant, &kek)?;
+        let plain = Plain::open(&plain_path)?;
+        // Each record key's OAR target is computed when its operation is attested, before the vault
+        // runs it; the reopened vault's cache of them is filled here, outside the clock.
+        for k in &keys {
+            vault.key_target(k)?;
+        }
+        for which in [round % 2, 1 - round % 2] {
+            let took = timed_pass(&vault, &plain, which, &keys, &get_tokens, &value)?;
+            if which == 0 { vf.push(took) } else { pf.push(took) }
+        }
+        opened = Some((vault, plain));
+    }
+    let (vault, plain) = opened.ok_or("no get rounds")?;
     let (mut vg, mut pg) = (Vec::new(), Vec::new());
-    let (mut vg_first, mut pg_first) = (Duration::ZERO, Duration::ZERO);
-    for pass in 0..=GET_PASSES {
+    for pass in 0..GET_PASSES {
         for which in [pass % 2, 1 - pass % 2] {
-            let start = Instant::now();
-            for (k, token) in keys.iter().zip(&get_tokens) {
-                let ok = if which == 0 { *vault.get(token, k)? == value[..] } else { plain.get(k)? == value };
-                if !ok {
-                    return Err(format!("record {k} read back wrong").into());
-                }
-            }
-            let took = start.elapsed();
-            match (pass, which) {
-                (0, 0) => vg_first = took,
-                (0, _) => pg_first = took,
-                (_, 0) => vg.push(took),
-                _ => pg.push(took),
-            }
+            let took = timed_pass(&vault, &plain, which, &keys, &get_tokens, &value)?;
+            if which == 0 { vg.push(took) } else { pg.push(took) }
         }
     }
     for token in get_tokens {
@@ -173,37 +205,36 @@ fn main() -> Result<(), BoxErr> {
         return Err(format!("vault verify saw {vault_checked} records, expected {KEYS}").into());
     }
 
-    // Crypto only, as the vault does it per record: a fresh cipher per call, random nonce, AAD of
-    // label + tenant + key + version, ciphertext in a new Vec.
+    // Crypto only, as the vault does it per record: the cipher keyed once (the vault keys it when it
+    // opens), a random nonce, AAD of label + tenant + key + version, the output in a new Vec.
     let k = SecretKey::random();
     let mut aad = b"bulwark/vault/record/v1\0".to_vec();
     aad.extend_from_slice(&[7u8; 16 + 4 + 9 + 8]);
     let reps = 20_000;
     let mut nonce = [0u8; 12];
     rand::rngs::OsRng.fill_bytes(&mut nonce);
+    let c = Aes256GcmSiv::new(k.expose_secret().into());
     let start = Instant::now();
     let mut ct = Vec::new();
     for _ in 0..reps {
-        let c = Aes256GcmSiv::new(k.expose_secret().into());
         ct = c.encrypt(&Nonce::from(nonce), Payload { msg: &value, aad: &aad }).map_err(|_| "encrypt")?;
     }
     let seal_each = start.elapsed() / reps;
     let start = Instant::now();
     for _ in 0..reps {
-        let c = Aes256GcmSiv::new(k.expose_secret().into());
         let pt = c.decrypt(&Nonce::from(nonce), Payload { msg: &ct, aad: &aad }).map_err(|_| "decrypt")?;
         if pt.len() != RECORD_LEN {
             return Err("decrypt length".into());
         }
     }
     let open_each = start.elapsed() / reps;
-    // The vault returns plaintext in a `Zeroizing<Vec<u8>>`; its drop wipes the 4 KiB.
+    // The vault hands plaintext out as a `Plaintext`, wiped when its last holder drops it.
     let start = Instant::now();
     for _ in 0..reps {
-        let z = zeroize::Zeroizing::new(value.clone());
+        let z = Plaintext::new(value.clone());
         std::hint::black_box(&z);
     }
-    let zero_each = start.elapsed() / reps;
+    let wiped_each = start.elapsed() / reps;
     let start = Instant::now();
     for _ in 0..reps {
         let z = value.clone();
@@ -212,14 +243,18 @@ fn main() -> Result<(), BoxErr> {
     let copy_each = start.elapsed() / reps;
 
     let (svp, spp) = (stats(&vp)?, stats(&pp)?);
-    let (svg, spg) = (stats(&vg)?, stats(&pg)?);
+    // The first repeat pass is the vault's second read of every record (decrypt, then keep in the memo);
+    // the rest are memo hits.
+    let (v_second, p_second) = (vg[0], pg[0]);
+    let (svg, spg) = (stats(&vg[1..])?, stats(&pg[1..])?);
     let put_v = ops_per_s(KEYS, vp_total);
     let put_p = ops_per_s(KEYS, pp_total);
     let get_v = ops_per_s(KEYS, svg.median);
     let get_p = ops_per_s(KEYS, spg.median);
+    let verdict = |r: f64| if r >= 0.7 { "met" } else { "MISSED" };
     println!(
-        "vault bench: {KEYS} x 4 KiB records per store, puts in {ROUNDS} interleaved rounds, gets in {GET_PASSES} \
-         interleaved passes of {KEYS}; files in {}",
+        "vault bench: {KEYS} x 4 KiB records per store, puts in {ROUNDS} interleaved rounds; gets: {FIRST_ROUNDS} \
+         rounds of reopen + first reads, then {GET_PASSES} interleaved passes of {KEYS}; files in {}",
         dir.path().display()
     );
     println!("{}", common::machine_report());
@@ -232,32 +267,56 @@ fn main() -> Result<(), BoxErr> {
         us(spp.median),
         us(spp.p99),
         put_v / put_p,
-        if put_v / put_p >= 0.7 { "met" } else { "MISSED" }
+        verdict(put_v / put_p)
     );
-    let (first_v, first_p) = (ops_per_s(KEYS, vg_first), ops_per_s(KEYS, pg_first));
+    let per_get = |d: Duration| us(d / KEYS);
+    let rounds: Vec<String> = vf
+        .iter()
+        .zip(&pf)
+        .map(|(v, p)| format!("{:.2}/{:.2} us {:.2}x", per_get(*v), per_get(*p), p.as_secs_f64() / v.as_secs_f64()))
+        .collect();
+    let (svf, spf) = (stats(&vf)?, stats(&pf)?);
+    let first_ratio = spf.median.as_secs_f64() / svf.median.as_secs_f64();
     println!(
-        "get, first read after open: vault {first_v:>9.0} ops/s   plain {first_p:>9.0} ops/s   ratio {:.2}x (target >= \
-         0.7x: {})",
-        first_v / first_p,
-        if first_v / first_p >= 0.7 { "met" } else { "MISSED" }
+        "get, first read after open: vault {:>9.0} ops/s   plain {:>9.0} ops/s (median of {FIRST_ROUNDS} rounds)   ratio \
+         {first_ratio:.2}x (target >= 0.7x: {}); per round vault/plain per get: {}",
+        ops_per_s(KEYS, svf.median),
+        ops_per_s(KEYS, spf.median),
+        verdict(first_ratio),
+        rounds.join(", ")
+    );
+    // What the first-read ratio would be if decrypting were the vault's only cost over the plain store.
+    let bound = per_get(spf.median) / (per_get(spf.median) + us(open_each));
+    println!(
+        "get, first read, bound from the AEAD alone: plain first read {:.2} us + open {:.2} us -> at most {bound:.2}x",
+        per_get(spf.median),
+        us(open_each)
     );
     println!(
-        "get, repeat reads: vault {get_v:>9.0} ops/s (median pass, best {:.0})   plain {get_p:>9.0} ops/s (median pass, \
-         best {:.0})   ratio {:.2}x (target >= 0.7x: {})",
+        "get, second read (vault decrypts again and keeps the record): vault {:>9.0} ops/s   plain {:>9.0} ops/s   \
+         ratio {:.2}x",
+        ops_per_s(KEYS, v_second),
+        ops_per_s(KEYS, p_second),
+        p_second.as_secs_f64() / v_second.as_secs_f64()
+    );
+    println!(
+        "get, repeat reads: vault {get_v:>9.0} ops/s (median of {} passes, best {:.0})   plain {get_p:>9.0} ops/s \
+         (median, best {:.0})   ratio {:.2}x (target >= 0.7x: {})",
+        GET_PASSES - 1,
         ops_per_s(KEYS, svg.min),
         ops_per_s(KEYS, spg.min),
         get_v / get_p,
-        if get_v / get_p >= 0.7 { "met" } else { "MISSED" }
+        verdict(get_v / get_p)
     );
     println!(
-        "per-op means (repeat reads): vault get {:.2} us vs plain get {:.2} us; crypto alone per 4 KiB record: seal {:.2} us, open {:.2} \
-         us; 4 KiB Vec alloc+copy+free {:.2} us, same in Zeroizing (wiped on drop) {:.2} us",
-        us(svg.median / KEYS),
-        us(spg.median / KEYS),
+        "per-op means (repeat reads): vault get {:.2} us vs plain get {:.2} us; crypto alone per 4 KiB record: seal \
+         {:.2} us, open {:.2} us; 4 KiB Vec alloc+copy+free {:.2} us, same as a Plaintext (wiped on drop) {:.2} us",
+        per_get(svg.median),
+        per_get(spg.median),
         us(seal_each),
         us(open_each),
         us(copy_each),
-        us(zero_each)
+        us(wiped_each)
     );
     println!("load average at end: {}", common::load_average());
     Ok(())

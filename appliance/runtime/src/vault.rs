@@ -17,8 +17,11 @@
 //! a second writer waits up to [`LOCK_WAIT`] and then gets [`VaultError::Busy`], never a torn write.
 //! Every write transaction is durable (fsync) before `put`/`delete` return.
 //!
-//! Reads are memoized: an open vault keeps the plaintext of recently read or written records (at most
-//! [`MEMO_BYTES`], wiped when evicted or when the vault closes). A read still looks the record up in the
+//! Reads are memoized: an open vault keeps the plaintext of records it wrote and of records read at least
+//! twice since it opened (at most [`MEMO_BYTES`], wiped when evicted or when the vault closes). A record
+//! read once is decrypted, handed out and not kept: a scan (a listing's reader, an export, a command that
+//! reads one record and exits) neither pays for filling the memo nor leaves plaintext behind it, and it
+//! cannot push out the records that are read again and again. A read still looks the record up in the
 //! store, and reuses the plaintext only when the stored record has the same version, nonce, length and
 //! AES-GCM-SIV tag as the one it was decrypted from. A new write (random nonce), a deleted, replaced or
 //! moved record, or a changed tag is seen at once. A stored ciphertext altered in its body only, with
@@ -38,8 +41,9 @@
 //! abort the process while closing a read-write handle (release builds; seen on 2 of 73,728 single-byte
 //! flips of a small vault); the operation itself had already finished or been refused by then.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
+use std::hash::{BuildHasher, RandomState};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -47,6 +51,8 @@ use std::time::{Duration, Instant};
 
 use aes_gcm_siv::aead::{Aead, KeyInit, Payload};
 use aes_gcm_siv::{Aes256GcmSiv, Nonce};
+use bulwark_ledger::oar::{Commitment, Digest, OpKind, Target};
+use bulwark_ledger::{Attested, LedgerScope};
 use hmac::{Hmac, Mac};
 use rand::RngCore;
 use redb::{
@@ -54,13 +60,9 @@ use redb::{
 };
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
-use zeroize::Zeroizing;
-
-use bulwark_ledger::oar::{Commitment, Digest, OpKind, Target};
-use bulwark_ledger::{Attested, LedgerScope};
 
 use crate::ids::TenantId;
-use crate::secret::SecretKey;
+use crate::secret::{Plaintext, SecretKey};
 
 /// Longest record key, in bytes.
 pub const MAX_KEY_LEN: usize = 256;
@@ -70,6 +72,8 @@ pub const MAX_VALUE_LEN: usize = 1 << 20;
 const TARGET_CACHE: usize = 1 << 16;
 /// Most bytes (plaintext plus stored bytes) the read memo of one open vault holds.
 pub const MEMO_BYTES: usize = 64 << 20;
+/// Most records the read memo remembers as read once (a 64-bit keyed hash each), before it forgets them all.
+const MEMO_SEEN: usize = 1 << 16;
 /// How long a second opener waits for the vault lock.
 pub const LOCK_WAIT: Duration = Duration::from_secs(30);
 
@@ -135,10 +139,10 @@ pub enum VaultError {
 /// A record's plaintext as read from a vault: shared with the vault's read memo, wiped when the last
 /// holder drops it. Debug prints its length only.
 #[derive(Clone)]
-pub struct RecordValue(Arc<Zeroizing<Vec<u8>>>);
+pub struct RecordValue(Arc<Plaintext>);
 
 impl RecordValue {
-    fn new(plaintext: Zeroizing<Vec<u8>>) -> Self {
+    fn new(plaintext: Plaintext) -> Self {
         Self(Arc::new(plaintext))
     }
 }
@@ -146,7 +150,7 @@ impl RecordValue {
 impl std::ops::Deref for RecordValue {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        self.0.as_slice()
+        &self.0
     }
 }
 
@@ -170,14 +174,31 @@ fn sealed_id(env: &EnvelopeRef<'_>) -> Option<Sealed> {
     Some(id)
 }
 
-/// The read memo (see the module docs): record key -> the sealed record's identity and its plaintext.
+/// The read memo (see the module docs): record key -> the sealed record's identity and its plaintext,
+/// and the keyed hashes of the records read once since the vault opened (a hash collision only admits a
+/// record one read early).
 #[derive(Default)]
 struct Memo {
     entries: HashMap<String, (Sealed, RecordValue)>,
     bytes: usize,
+    seen: HashSet<u64>,
+    hasher: RandomState,
 }
 
 impl Memo {
+    /// After a read had to decrypt: keeps `value` if `key` was read before, else remembers that it was read.
+    fn admit(&mut self, key: &str, sealed: Sealed, value: &RecordValue) {
+        let h = self.hasher.hash_one(key);
+        if self.seen.remove(&h) {
+            self.insert(key, sealed, value.clone());
+            return;
+        }
+        if self.seen.len() >= MEMO_SEEN {
+            self.seen.clear();
+        }
+        self.seen.insert(h);
+    }
+
     fn lookup(&self, key: &str, sealed: &Sealed) -> Option<RecordValue> {
         self.entries.get(key).filter(|(s, _)| s == sealed).map(|(_, v)| v.clone())
     }
@@ -415,8 +436,8 @@ fn seal_with(cipher: &Aes256GcmSiv, aad: &[u8], plaintext: &[u8]) -> Envelope {
     Envelope { version: 0, nonce, ciphertext }
 }
 
-fn open_with(cipher: &Aes256GcmSiv, aad: &[u8], env: &EnvelopeRef<'_>) -> Option<Zeroizing<Vec<u8>>> {
-    cipher.decrypt(&Nonce::from(env.nonce), Payload { msg: env.ciphertext, aad }).ok().map(Zeroizing::new)
+fn open_with(cipher: &Aes256GcmSiv, aad: &[u8], env: &EnvelopeRef<'_>) -> Option<Plaintext> {
+    cipher.decrypt(&Nonce::from(env.nonce), Payload { msg: env.ciphertext, aad }).ok().map(Plaintext::new)
 }
 
 /// The set-digest contribution of one stored (table, key, value) entry.
@@ -474,7 +495,8 @@ impl Vault {
         guarded(Some(&self.db), || self.put_unguarded(key, value))
     }
 
-    /// Reads and decrypts the record under `key` (from the read memo when the stored bytes are unchanged).
+    /// Reads and decrypts the record under `key` (from the read memo when the stored bytes are unchanged;
+    /// a record read the second time is kept there).
     pub fn get(&self, attested: &Attested, key: &str) -> Result<RecordValue, VaultError> {
         self.check(attested, OpKind::VaultGet, &self.key_target(key)?)?;
         guarded(Some(&self.db), || self.get_unguarded(key))
@@ -580,10 +602,11 @@ impl Vault {
         if env.version != 0 {
             return Err(VaultError::Integrity("wrapped data key has an unknown version".into()));
         }
-        let mut dek_bytes = open_with(&cipher_for(kek), &aad(AAD_DEK, &tenant, "", 0), &env).ok_or_else(|| {
+        let dek_bytes = open_with(&cipher_for(kek), &aad(AAD_DEK, &tenant, "", 0), &env).ok_or_else(|| {
             VaultError::Integrity("data key does not unwrap: wrong tenant key or altered file".into())
         })?;
-        let dek = SecretKey::take_from(&mut dek_bytes)
+        let dek = dek_bytes
+            .into_key()
             .ok_or_else(|| VaultError::Integrity("unwrapped data key has the wrong length".into()))?;
         Ok(Self::assemble(db, tenant, &dek, path, lock))
     }
@@ -651,7 +674,7 @@ impl Vault {
         self.memo().remove(key);
         tx.commit().map_err(corrupt)?;
         if let Some(id) = sealed {
-            self.memo().insert(key, id, RecordValue::new(Zeroizing::new(value.to_vec())));
+            self.memo().insert(key, id, RecordValue::new(Plaintext::new(value.to_vec())));
         }
         Ok(version)
     }
@@ -679,7 +702,7 @@ impl Vault {
             })?;
         let value = RecordValue::new(plaintext);
         if let Some(id) = sealed {
-            self.memo().insert(key, id, value.clone());
+            self.memo().admit(key, id, &value);
         }
         Ok(value)
     }
@@ -751,10 +774,9 @@ impl Vault {
             .map(|v| v.value().to_vec())
             .ok_or_else(|| VaultError::NotFound(slot.clone()))?;
         let env = decode_envelope(&bytes)?;
-        let mut plain = open_with(&self.cipher, &aad(AAD_SECRET, &self.tenant, name, 0), &env)
+        let plain = open_with(&self.cipher, &aad(AAD_SECRET, &self.tenant, name, 0), &env)
             .ok_or_else(|| VaultError::Integrity(format!("secret {name:?} does not authenticate")))?;
-        SecretKey::take_from(&mut plain)
-            .ok_or_else(|| VaultError::Integrity(format!("secret {name:?} has the wrong length")))
+        plain.into_key().ok_or_else(|| VaultError::Integrity(format!("secret {name:?} has the wrong length")))
     }
 
     fn verify_unguarded(&self) -> Result<usize, VaultError> {
@@ -923,6 +945,48 @@ mod tests {
         assert!(matches!(Vault::open_read_only(&p, t, &SecretKey::random()), Err(VaultError::Integrity(_))));
         let v = Vault::open(&p, t, &kek).unwrap();
         v.t_put(&g, "k2", b"x").unwrap();
+    }
+
+    #[test]
+    fn the_read_memo_keeps_records_read_twice_and_nothing_read_once() {
+        let (_d, p, t, kek) = fresh();
+        let g = gate_for(t);
+        {
+            let v = Vault::create(&p, t, &kek).unwrap();
+            for i in 0..50 {
+                v.t_put(&g, &format!("k{i}"), format!("value {i}").as_bytes()).unwrap();
+            }
+        }
+        let v = Vault::open_read_only(&p, t, &kek).unwrap();
+        // A scan reads every record once: each is decrypted, none is kept.
+        for i in 0..50 {
+            assert_eq!(&*v.t_get(&g, &format!("k{i}")).unwrap(), format!("value {i}").as_bytes());
+        }
+        assert_eq!(v.memo().entries.len(), 0);
+        assert_eq!(v.memo().bytes, 0);
+        // The second read of a record decrypts it again and keeps it; the third is served from the memo.
+        let second = v.t_get(&g, "k7").unwrap();
+        assert_eq!(v.memo().entries.len(), 1);
+        let third = v.t_get(&g, "k7").unwrap();
+        assert!(Arc::ptr_eq(&second.0, &third.0));
+        assert_eq!(&*third, b"value 7");
+        // A record that failed to authenticate is neither kept nor counted as read.
+        drop(v);
+        let v = Vault::open(&p, t, &kek).unwrap();
+        let other = {
+            let tx = v.db.begin_read().unwrap();
+            tx.open_table(RECORDS).unwrap().get("k2").unwrap().unwrap().value().to_vec()
+        };
+        {
+            let tx = v.db.begin_write().unwrap();
+            tx.open_table(RECORDS).unwrap().insert("k1", other.as_slice()).unwrap();
+            tx.commit().unwrap();
+        }
+        for _ in 0..3 {
+            assert!(matches!(v.t_get(&g, "k1"), Err(VaultError::Integrity(_))));
+        }
+        assert_eq!(v.memo().entries.len(), 0);
+        assert!(v.memo().seen.is_empty());
     }
 
     #[test]

@@ -76,10 +76,20 @@ pub fn machine_report() -> String {
         .find(|l| l.starts_with("flags"))
         .map(|l| {
             l.split_whitespace()
-                .filter(|f| matches!(*f, "aes" | "pclmulqdq" | "avx2" | "vaes" | "vpclmulqdq"))
+                .filter(|f| matches!(*f, "aes" | "pclmulqdq" | "avx2" | "avx512f" | "vaes" | "vpclmulqdq"))
                 .collect()
         })
         .unwrap_or_default();
+    // Family and model tell CPU generations apart where the model name does not ("AMD EPYC" on each).
+    let field = |name: &str| {
+        cpuinfo
+            .lines()
+            .find(|l| l.split(':').next().map(str::trim) == Some(name))
+            .and_then(|l| l.split(':').nth(1))
+            .map_or("?", str::trim)
+            .to_string()
+    };
+    let generation = format!("family {} model {}, {} MHz", field("cpu family"), field("model"), field("cpu MHz"));
     let mem = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|m| {
@@ -97,7 +107,7 @@ pub fn machine_report() -> String {
         .unwrap_or_else(|| "?".into());
     let profile = if cfg!(debug_assertions) { "debug (numbers not meaningful)" } else { "release" };
     format!(
-        "machine: {cores} cores, {model}, MemTotal {mem} kB, cpu flags [{}], load average {}\ntoolchain: {rustc}, \
+        "machine: {cores} cores, {model} ({generation}), MemTotal {mem} kB, cpu flags [{}], load average {}\ntoolchain: {rustc}, \
          {profile} profile",
         flags.join(" "),
         load_average()
