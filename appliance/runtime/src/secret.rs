@@ -73,6 +73,11 @@ impl Plaintext {
         Plaintext(bytes)
     }
 
+    /// The bytes, for decrypting into them in place.
+    pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.0
+    }
+
     /// The bytes as a 256-bit key (a data key or a seed stored encrypted); `None` unless they are 32
     /// bytes. Wiped either way.
     pub fn into_key(mut self) -> Option<SecretKey> {

@@ -1,9 +1,10 @@
 //! A tenant's vault: one redb file per tenant holding AEAD-encrypted records.
 //!
 //! Key hierarchy: the tenant's KEK (unsealed from the TPM, never on disk) wraps one data key (DEK) stored in
-//! the vault's `meta` table; the DEK encrypts records with AES-256-GCM-SIV. Associated data binds the tenant
-//! id, the record key and the record version, so a ciphertext moved to another tenant, another key or
-//! another version fails to open. A keyed set digest over all records and metadata (HMAC-SHA-256 of each
+//! the vault's `meta` table; the DEK encrypts records with AES-256-GCM-SIV (sealed by the `aes-gcm-siv`
+//! crate, opened by `aws-lc-rs`: see `RecordCipher`). Associated data binds the tenant id, the record key
+//! and the record version, so a ciphertext moved to another tenant, another key or another version fails
+//! to open. A keyed set digest over all records and metadata (HMAC-SHA-256 of each
 //! entry, XOR-combined, kept in `meta`) lets [`Vault::verify`] detect entries that were removed, renamed or
 //! duplicated on disk — things a per-record AEAD alone cannot see.
 //!
@@ -51,6 +52,7 @@ use std::time::{Duration, Instant};
 
 use aes_gcm_siv::aead::{Aead, KeyInit, Payload};
 use aes_gcm_siv::{Aes256GcmSiv, Nonce};
+use aws_lc_rs::aead::{AES_256_GCM_SIV, Aad, LessSafeKey, UnboundKey};
 use bulwark_ledger::oar::{Commitment, Digest, OpKind, Target};
 use bulwark_ledger::{Attested, LedgerScope};
 use hmac::{Hmac, Mac};
@@ -165,7 +167,7 @@ impl std::fmt::Debug for RecordValue {
 type Sealed = [u8; 8 + 12 + 8 + 16];
 
 fn sealed_id(env: &EnvelopeRef<'_>) -> Option<Sealed> {
-    let tag = env.ciphertext.len().checked_sub(16).map(|at| &env.ciphertext[at..])?;
+    let tag = env.ciphertext.len().checked_sub(TAG_LEN).map(|at| &env.ciphertext[at..])?;
     let mut id = [0u8; 44];
     id[..8].copy_from_slice(&env.version.to_be_bytes());
     id[8..20].copy_from_slice(&env.nonce);
@@ -344,8 +346,8 @@ impl Drop for GuardedDb {
 pub struct Vault {
     db: GuardedDb,
     tenant: TenantId,
-    /// AES-256-GCM-SIV keyed with the DEK, built once per open (its key schedule is zeroized on drop).
-    cipher: Aes256GcmSiv,
+    /// AES-256-GCM-SIV keyed with the DEK, built once per open.
+    cipher: RecordCipher,
     mac_key: SecretKey,
     memo: Mutex<Memo>,
     /// Record key -> its OAR target, a pure function of the key and the data key (two SHA-256 runs).
@@ -424,20 +426,45 @@ fn aad(label: &[u8], tenant: &TenantId, key: &str, version: u64) -> Vec<u8> {
     a
 }
 
-fn cipher_for(key: &SecretKey) -> Aes256GcmSiv {
-    Aes256GcmSiv::new(key.expose_secret().into())
+/// Bytes of an AES-GCM-SIV tag, at the end of every stored ciphertext.
+const TAG_LEN: usize = 16;
+
+/// AES-256-GCM-SIV (RFC 8452) under one key, from two independent implementations: `aes-gcm-siv` seals
+/// and `aws-lc-rs` (AWS-LC) opens, so every read checks one implementation's output with the other, and
+/// reads run on AWS-LC's faster assembly. Both key schedules are wiped on drop: `aes-gcm-siv`'s through
+/// its `zeroize` feature, AWS-LC's because its context is freed with `OPENSSL_free`, which cleanses the
+/// whole allocation (aws-lc `crypto/mem.c`). AWS-LC does not promise to wipe the per-nonce keys it
+/// derives on its stack; they are keys of records this process can already decrypt.
+struct RecordCipher {
+    sealer: Aes256GcmSiv,
+    opener: LessSafeKey,
 }
 
-fn seal_with(cipher: &Aes256GcmSiv, aad: &[u8], plaintext: &[u8]) -> Envelope {
-    let mut nonce = [0u8; 12];
-    rand::rngs::OsRng.fill_bytes(&mut nonce);
-    // GCM-SIV encryption only fails for inputs over 2^36 bytes, far above MAX_VALUE_LEN.
-    let ciphertext = cipher.encrypt(&Nonce::from(nonce), Payload { msg: plaintext, aad }).unwrap_or_default();
-    Envelope { version: 0, nonce, ciphertext }
-}
+impl RecordCipher {
+    fn new(key: &SecretKey) -> Result<Self, VaultError> {
+        let opener = UnboundKey::new(&AES_256_GCM_SIV, key.expose_secret())
+            .map_err(|_| VaultError::Integrity("AES-256-GCM-SIV refused a 32-byte key".into()))?;
+        Ok(RecordCipher { sealer: Aes256GcmSiv::new(key.expose_secret().into()), opener: LessSafeKey::new(opener) })
+    }
 
-fn open_with(cipher: &Aes256GcmSiv, aad: &[u8], env: &EnvelopeRef<'_>) -> Option<Plaintext> {
-    cipher.decrypt(&Nonce::from(env.nonce), Payload { msg: env.ciphertext, aad }).ok().map(Plaintext::new)
+    fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Envelope {
+        let mut nonce = [0u8; 12];
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        // GCM-SIV encryption only fails for inputs over 2^36 bytes, far above MAX_VALUE_LEN.
+        let ciphertext = self.sealer.encrypt(&Nonce::from(nonce), Payload { msg: plaintext, aad }).unwrap_or_default();
+        Envelope { version: 0, nonce, ciphertext }
+    }
+
+    /// The plaintext, or `None` if the record does not authenticate under this key, nonce and `aad`.
+    fn open(&self, aad: &[u8], env: &EnvelopeRef<'_>) -> Option<Plaintext> {
+        let (body, tag) = env.ciphertext.split_at(env.ciphertext.len().checked_sub(TAG_LEN)?);
+        // Decrypted straight from the stored bytes into a buffer that is wiped on drop, also when
+        // authentication fails (AWS-LC leaves it in an unspecified state then).
+        let mut out = Plaintext::new(vec![0u8; body.len()]);
+        let nonce = aws_lc_rs::aead::Nonce::assume_unique_for_key(env.nonce);
+        self.opener.open_separate_gather(nonce, Aad::from(aad), body, tag, out.bytes_mut()).ok()?;
+        Some(out)
+    }
 }
 
 /// The set-digest contribution of one stored (table, key, value) entry.
@@ -537,7 +564,7 @@ impl Vault {
         let db = GuardedDb::new(Store::Rw(Database::create(path).map_err(corrupt)?), None);
         let dek = SecretKey::random();
         let mac_key = derive_mac_key(&dek);
-        let mut wrapped = seal_with(&cipher_for(kek), &aad(AAD_DEK, &tenant, "", 0), dek.expose_secret());
+        let mut wrapped = RecordCipher::new(kek)?.seal(&aad(AAD_DEK, &tenant, "", 0), dek.expose_secret());
         wrapped.version = 0;
         let wrapped = postcard::to_stdvec(&wrapped).map_err(corrupt)?;
         let mut digest = [0u8; 32];
@@ -553,21 +580,21 @@ impl Vault {
         }
         tx.commit().map_err(corrupt)?;
         db.set_damaged(false);
-        Ok(Self::assemble(db, tenant, &dek, path, lock))
+        Self::assemble(db, tenant, &dek, path, lock)
     }
 
     /// The open vault around a store that answered, with the data key in hand.
-    fn assemble(db: GuardedDb, tenant: TenantId, dek: &SecretKey, path: &Path, lock: File) -> Self {
-        Vault {
+    fn assemble(db: GuardedDb, tenant: TenantId, dek: &SecretKey, path: &Path, lock: File) -> Result<Self, VaultError> {
+        Ok(Vault {
             db,
             tenant,
-            cipher: cipher_for(dek),
+            cipher: RecordCipher::new(dek)?,
             mac_key: derive_mac_key(dek),
             memo: Mutex::default(),
             targets: Mutex::default(),
             path: path.to_path_buf(),
             _lock: lock,
-        }
+        })
     }
 
     fn open_unguarded(path: &Path, tenant: TenantId, kek: &SecretKey, read_only: bool) -> Result<Self, VaultError> {
@@ -602,13 +629,13 @@ impl Vault {
         if env.version != 0 {
             return Err(VaultError::Integrity("wrapped data key has an unknown version".into()));
         }
-        let dek_bytes = open_with(&cipher_for(kek), &aad(AAD_DEK, &tenant, "", 0), &env).ok_or_else(|| {
+        let dek_bytes = RecordCipher::new(kek)?.open(&aad(AAD_DEK, &tenant, "", 0), &env).ok_or_else(|| {
             VaultError::Integrity("data key does not unwrap: wrong tenant key or altered file".into())
         })?;
         let dek = dek_bytes
             .into_key()
             .ok_or_else(|| VaultError::Integrity("unwrapped data key has the wrong length".into()))?;
-        Ok(Self::assemble(db, tenant, &dek, path, lock))
+        Self::assemble(db, tenant, &dek, path, lock)
     }
 
     /// The OAR target for record `key`: a commitment to the key whose salt is derived from this vault's
@@ -663,7 +690,7 @@ impl Vault {
             };
             version =
                 prev_version.checked_add(1).ok_or_else(|| VaultError::Integrity("record version overflow".into()))?;
-            let mut env = seal_with(&self.cipher, &aad(AAD_RECORD, &self.tenant, key, version), value);
+            let mut env = self.cipher.seal(&aad(AAD_RECORD, &self.tenant, key, version), value);
             env.version = version;
             let bytes = postcard::to_stdvec(&env).map_err(corrupt)?;
             xor_into(&mut digest, &entry_mac(&self.mac_key, "records", key, &bytes));
@@ -694,12 +721,9 @@ impl Vault {
         if let Some(v) = sealed.and_then(|id| self.memo().lookup(key, &id)) {
             return Ok(v);
         }
-        let plaintext =
-            open_with(&self.cipher, &aad(AAD_RECORD, &self.tenant, key, env.version), &env).ok_or_else(|| {
-                VaultError::Integrity(format!(
-                    "record {key:?} does not authenticate (altered, moved or another tenant's)"
-                ))
-            })?;
+        let plaintext = self.cipher.open(&aad(AAD_RECORD, &self.tenant, key, env.version), &env).ok_or_else(|| {
+            VaultError::Integrity(format!("record {key:?} does not authenticate (altered, moved or another tenant's)"))
+        })?;
         let value = RecordValue::new(plaintext);
         if let Some(id) = sealed {
             self.memo().admit(key, id, &value);
@@ -714,8 +738,7 @@ impl Vault {
         for item in records.iter().map_err(corrupt)? {
             let (k, v) = item.map_err(corrupt)?;
             let env = decode_envelope(v.value())?;
-            // GCM-SIV adds a 16-byte tag.
-            let len = env.ciphertext.len().saturating_sub(16);
+            let len = env.ciphertext.len().saturating_sub(TAG_LEN);
             out.push(RecordInfo { key: k.value().to_string(), version: env.version, len });
         }
         Ok(out)
@@ -753,7 +776,7 @@ impl Vault {
             if let Some(old) = meta.get(slot.as_str()).map_err(corrupt)?.map(|v| v.value().to_vec()) {
                 xor_into(&mut digest, &entry_mac(&self.mac_key, "meta", &slot, &old));
             }
-            let env = seal_with(&self.cipher, &aad(AAD_SECRET, &self.tenant, name, 0), secret.expose_secret());
+            let env = self.cipher.seal(&aad(AAD_SECRET, &self.tenant, name, 0), secret.expose_secret());
             let bytes = postcard::to_stdvec(&env).map_err(corrupt)?;
             xor_into(&mut digest, &entry_mac(&self.mac_key, "meta", &slot, &bytes));
             meta.insert(slot.as_str(), bytes.as_slice()).map_err(corrupt)?;
@@ -774,7 +797,9 @@ impl Vault {
             .map(|v| v.value().to_vec())
             .ok_or_else(|| VaultError::NotFound(slot.clone()))?;
         let env = decode_envelope(&bytes)?;
-        let plain = open_with(&self.cipher, &aad(AAD_SECRET, &self.tenant, name, 0), &env)
+        let plain = self
+            .cipher
+            .open(&aad(AAD_SECRET, &self.tenant, name, 0), &env)
             .ok_or_else(|| VaultError::Integrity(format!("secret {name:?} does not authenticate")))?;
         plain.into_key().ok_or_else(|| VaultError::Integrity(format!("secret {name:?} has the wrong length")))
     }
@@ -790,7 +815,8 @@ impl Vault {
             let (k, v) = item.map_err(corrupt)?;
             let key = k.value();
             let env = decode_envelope(v.value())?;
-            open_with(&self.cipher, &aad(AAD_RECORD, &self.tenant, key, env.version), &env)
+            self.cipher
+                .open(&aad(AAD_RECORD, &self.tenant, key, env.version), &env)
                 .ok_or_else(|| VaultError::Integrity(format!("record {key:?} does not authenticate")))?;
             xor_into(&mut digest, &entry_mac(&self.mac_key, "records", key, v.value()));
             n += 1;
@@ -805,7 +831,8 @@ impl Vault {
                         return Err(VaultError::Integrity(format!("unexpected metadata entry {slot:?}")));
                     };
                     let env = decode_envelope(v.value())?;
-                    open_with(&self.cipher, &aad(AAD_SECRET, &self.tenant, name, 0), &env)
+                    self.cipher
+                        .open(&aad(AAD_SECRET, &self.tenant, name, 0), &env)
                         .ok_or_else(|| VaultError::Integrity(format!("secret {name:?} does not authenticate")))?;
                     xor_into(&mut digest, &entry_mac(&self.mac_key, "meta", slot, v.value()));
                 }
@@ -945,6 +972,62 @@ mod tests {
         assert!(matches!(Vault::open_read_only(&p, t, &SecretKey::random()), Err(VaultError::Integrity(_))));
         let v = Vault::open(&p, t, &kek).unwrap();
         v.t_put(&g, "k2", b"x").unwrap();
+    }
+
+    #[test]
+    fn rfc_8452_known_answers_through_both_implementations() {
+        // RFC 8452, Appendix C.2 (AEAD_AES_256_GCM_SIV): key 01 00..00, nonce 03 00..00, no AAD.
+        let mut raw = [0u8; 32];
+        raw[0] = 1;
+        let c = RecordCipher::new(&SecretKey::take_from(&mut raw).unwrap()).unwrap();
+        let mut nonce = [0u8; 12];
+        nonce[0] = 3;
+        for (plaintext, result) in [
+            ("", "07f5f4169bbf55a8400cd47ea6fd400f"),
+            ("0100000000000000", "c2ef328e5c71c83b843122130f7364b761e0b97427e3df28"),
+        ] {
+            let (pt, expected) = (hex::decode(plaintext).unwrap(), hex::decode(result).unwrap());
+            let sealed = c.sealer.encrypt(&Nonce::from(nonce), Payload { msg: &pt, aad: &[] }).unwrap();
+            assert_eq!(sealed, expected);
+            let env = EnvelopeRef { version: 0, nonce, ciphertext: &expected };
+            assert_eq!(&*c.open(&[], &env).unwrap(), &pt[..]);
+        }
+    }
+
+    #[test]
+    fn both_aead_implementations_agree_byte_for_byte() {
+        // aes-gcm-siv seals and aws-lc-rs opens: both must produce the same RFC 8452 bytes, and each must
+        // refuse what the other would refuse.
+        for len in [0usize, 1, 15, 16, 17, 255, 4096, 4097, 65_536] {
+            let key = SecretKey::random();
+            let c = RecordCipher::new(&key).unwrap();
+            let mut msg = vec![0u8; len];
+            rand::rngs::OsRng.fill_bytes(&mut msg);
+            let aad = aad(AAD_RECORD, &TenantId::random().unwrap(), "k", len as u64);
+            let env = c.seal(&aad, &msg);
+            let mut by_aws_lc = msg.clone();
+            LessSafeKey::new(UnboundKey::new(&AES_256_GCM_SIV, key.expose_secret()).unwrap())
+                .seal_in_place_append_tag(
+                    aws_lc_rs::aead::Nonce::assume_unique_for_key(env.nonce),
+                    Aad::from(&aad[..]),
+                    &mut by_aws_lc,
+                )
+                .unwrap();
+            assert_eq!(by_aws_lc, env.ciphertext, "length {len}");
+            let stored = EnvelopeRef { version: 0, nonce: env.nonce, ciphertext: &env.ciphertext };
+            assert_eq!(&*c.open(&aad, &stored).unwrap(), &msg[..]);
+            let mut flipped = env.ciphertext.clone();
+            let at = (len * 7919) % flipped.len();
+            flipped[at] ^= 0x40;
+            let bad = EnvelopeRef { version: 0, nonce: env.nonce, ciphertext: &flipped };
+            assert!(c.open(&aad, &bad).is_none(), "flip at {at} of length {len}");
+            assert!(c.sealer.decrypt(&Nonce::from(env.nonce), Payload { msg: &flipped, aad: &aad }).is_err());
+            let mut other_aad = aad.clone();
+            other_aad[0] ^= 1;
+            assert!(c.open(&other_aad, &stored).is_none());
+            let short = EnvelopeRef { version: 0, nonce: env.nonce, ciphertext: &env.ciphertext[..15.min(len)] };
+            assert!(c.open(&aad, &short).is_none());
+        }
     }
 
     #[test]
