@@ -30,7 +30,9 @@
 //! authentic plaintext instead of that error, and [`Vault::verify`] (which decrypts everything) and every
 //! read after the vault is reopened report it. So the memo never returns anything but the authentic
 //! plaintext. That plaintext lives in the same process as the data key that decrypts every record, so the
-//! memo exposes nothing that process could not already read.
+//! memo exposes nothing that process could not already read. What the vault remembers about a record key
+//! (its OAR target, whether it was read once, its memoized plaintext) sits in one map, so a read finds all
+//! three with one lookup; at most 65,536 keys, those holding no plaintext forgotten first.
 //!
 //! Read-only opens ([`Vault::open_read_only`]) never write the file: a read-write redb database marks its
 //! header on open and saves its allocator state on close (three syncs even when nothing was written), and
@@ -42,9 +44,8 @@
 //! abort the process while closing a read-write handle (release builds; seen on 2 of 73,728 single-byte
 //! flips of a small vault); the operation itself had already finished or been refused by then.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::hash::{BuildHasher, RandomState};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -70,12 +71,10 @@ use crate::secret::{Plaintext, SecretKey};
 pub const MAX_KEY_LEN: usize = 256;
 /// Largest record value, in bytes (1 MiB).
 pub const MAX_VALUE_LEN: usize = 1 << 20;
-/// Most record keys whose OAR target one open vault remembers (see [`Vault::key_target`]).
+/// Most record keys one open vault remembers (their OAR targets, whether they were read, and the memo).
 const TARGET_CACHE: usize = 1 << 16;
-/// Most bytes (plaintext plus stored bytes) the read memo of one open vault holds.
+/// Most bytes (plaintexts plus the sealed records' identities) the read memo of one open vault holds.
 pub const MEMO_BYTES: usize = 64 << 20;
-/// Most records the read memo remembers as read once (a 64-bit keyed hash each), before it forgets them all.
-const MEMO_SEEN: usize = 1 << 16;
 /// How long a second opener waits for the vault lock.
 pub const LOCK_WAIT: Duration = Duration::from_secs(30);
 
@@ -141,24 +140,31 @@ pub enum VaultError {
 /// A record's plaintext as read from a vault: shared with the vault's read memo, wiped when the last
 /// holder drops it. Debug prints its length only.
 #[derive(Clone)]
-pub struct RecordValue(Arc<Plaintext>);
+pub struct RecordValue(Arc<Opened>);
+
+/// A decrypted record and the identity of the sealed record it came from (what the memo compares with
+/// the stored bytes before it answers a read).
+struct Opened {
+    sealed: Sealed,
+    plaintext: Plaintext,
+}
 
 impl RecordValue {
-    fn new(plaintext: Plaintext) -> Self {
-        Self(Arc::new(plaintext))
+    fn new(sealed: Sealed, plaintext: Plaintext) -> Self {
+        Self(Arc::new(Opened { sealed, plaintext }))
     }
 }
 
 impl std::ops::Deref for RecordValue {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        &self.0
+        &self.0.plaintext
     }
 }
 
 impl std::fmt::Debug for RecordValue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "RecordValue([REDACTED; {} bytes])", self.0.len())
+        write!(f, "RecordValue([REDACTED; {} bytes])", self.0.plaintext.len())
     }
 }
 
@@ -176,54 +182,100 @@ fn sealed_id(env: &EnvelopeRef<'_>) -> Option<Sealed> {
     Some(id)
 }
 
-/// The read memo (see the module docs): record key -> the sealed record's identity and its plaintext,
-/// and the keyed hashes of the records read once since the vault opened (a hash collision only admits a
-/// record one read early).
-#[derive(Default)]
-struct Memo {
-    entries: HashMap<String, (Sealed, RecordValue)>,
-    bytes: usize,
-    seen: HashSet<u64>,
-    hasher: RandomState,
+/// What an open vault remembers about one record key (see the module docs).
+struct Slot {
+    /// The key's OAR target (see [`Vault::key_target`]).
+    target: Target,
+    /// The record was decrypted once since the vault opened (or since its last write) and not kept.
+    read_once: bool,
+    /// After a second read or a write: the record's plaintext, with the identity of its sealed bytes.
+    memo: Option<RecordValue>,
 }
 
-impl Memo {
-    /// After a read had to decrypt: keeps `value` if `key` was read before, else remembers that it was read.
-    fn admit(&mut self, key: &str, sealed: Sealed, value: &RecordValue) {
-        let h = self.hasher.hash_one(key);
-        if self.seen.remove(&h) {
-            self.insert(key, sealed, value.clone());
+/// The record keys an open vault has seen, each with its [`Slot`], in one map, so a read finds the key's
+/// target, whether it was read before and its memoized plaintext with one lookup. At most
+/// [`TARGET_CACHE`] keys and [`MEMO_BYTES`] of memoized records.
+#[derive(Default)]
+struct RecordCache {
+    slots: HashMap<String, Slot>,
+    /// Sealed identities plus plaintexts held in `slots`.
+    memo_bytes: usize,
+}
+
+impl RecordCache {
+    /// `key`'s target (from `compute` the first time the key is seen) and its memoized record, if any.
+    fn recall(
+        &mut self,
+        key: &str,
+        compute: impl FnOnce() -> Result<Target, VaultError>,
+    ) -> Result<(Target, Option<RecordValue>), VaultError> {
+        if let Some(slot) = self.slots.get(key) {
+            return Ok((slot.target, slot.memo.clone()));
+        }
+        let target = compute()?;
+        if self.slots.len() >= TARGET_CACHE {
+            // Full: forget the keys that hold no plaintext; if the memo itself holds most of them, forget
+            // everything (so each clearing is paid for by many insertions).
+            self.slots.retain(|_, slot| slot.memo.is_some());
+            if self.slots.len() >= TARGET_CACHE / 2 {
+                self.slots.clear();
+                self.memo_bytes = 0;
+            }
+        }
+        self.slots.insert(key.to_string(), Slot { target, read_once: false, memo: None });
+        Ok((target, None))
+    }
+
+    /// After a read had to decrypt: keeps `value` if `key` was read before, else notes that it was read.
+    /// A key the cache no longer holds is left alone.
+    fn admit(&mut self, key: &str, value: &RecordValue) {
+        let Some(slot) = self.slots.get_mut(key) else { return };
+        if slot.read_once {
+            self.keep(key, value.clone());
+        } else {
+            slot.read_once = true;
+        }
+    }
+
+    /// Memoizes `value` (a record just written, or read a second time), within [`MEMO_BYTES`].
+    fn keep(&mut self, key: &str, value: RecordValue) {
+        self.forget(key);
+        let size = memo_size(&value);
+        if size > MEMO_BYTES / 8 || !self.slots.contains_key(key) {
             return;
         }
-        if self.seen.len() >= MEMO_SEEN {
-            self.seen.clear();
+        if self.memo_bytes + size > MEMO_BYTES {
+            // Evict down to three quarters of the budget at once, so eviction is paid for by many keeps.
+            let goal = (MEMO_BYTES / 4 * 3).saturating_sub(size);
+            let Self { slots, memo_bytes } = self;
+            for slot in slots.values_mut() {
+                if *memo_bytes <= goal {
+                    break;
+                }
+                if let Some(v) = slot.memo.take() {
+                    *memo_bytes = memo_bytes.saturating_sub(memo_size(&v));
+                }
+            }
         }
-        self.seen.insert(h);
+        if let Some(slot) = self.slots.get_mut(key) {
+            self.memo_bytes += size;
+            slot.memo = Some(value);
+        }
     }
 
-    fn lookup(&self, key: &str, sealed: &Sealed) -> Option<RecordValue> {
-        self.entries.get(key).filter(|(s, _)| s == sealed).map(|(_, v)| v.clone())
+    /// Drops `key`'s plaintext (wiped once no reader holds it) and its read-once mark.
+    fn forget(&mut self, key: &str) {
+        let Some(slot) = self.slots.get_mut(key) else { return };
+        slot.read_once = false;
+        if let Some(v) = slot.memo.take() {
+            self.memo_bytes = self.memo_bytes.saturating_sub(memo_size(&v));
+        }
     }
+}
 
-    fn insert(&mut self, key: &str, sealed: Sealed, value: RecordValue) {
-        self.remove(key);
-        let size = sealed.len() + value.len() + key.len();
-        if size > MEMO_BYTES / 8 {
-            return;
-        }
-        while self.bytes + size > MEMO_BYTES {
-            let Some(victim) = self.entries.keys().next().cloned() else { break };
-            self.remove(&victim);
-        }
-        self.bytes += size;
-        self.entries.insert(key.to_string(), (sealed, value));
-    }
-
-    fn remove(&mut self, key: &str) {
-        if let Some((s, v)) = self.entries.remove(key) {
-            self.bytes -= s.len() + v.len() + key.len();
-        }
-    }
+/// What a memoized record counts against [`MEMO_BYTES`].
+fn memo_size(value: &RecordValue) -> usize {
+    value.0.sealed.len() + value.len()
 }
 
 /// One sealed record as stored.
@@ -349,9 +401,9 @@ pub struct Vault {
     /// AES-256-GCM-SIV keyed with the DEK, built once per open.
     cipher: RecordCipher,
     mac_key: SecretKey,
-    memo: Mutex<Memo>,
-    /// Record key -> its OAR target, a pure function of the key and the data key (two SHA-256 runs).
-    targets: Mutex<HashMap<String, Target>>,
+    /// Record key -> its OAR target (a pure function of the key and the data key: two SHA-256 runs), its
+    /// read-once mark and its memoized plaintext.
+    cache: Mutex<RecordCache>,
     path: PathBuf,
     _lock: File,
 }
@@ -525,8 +577,9 @@ impl Vault {
     /// Reads and decrypts the record under `key` (from the read memo when the stored bytes are unchanged;
     /// a record read the second time is kept there).
     pub fn get(&self, attested: &Attested, key: &str) -> Result<RecordValue, VaultError> {
-        self.check(attested, OpKind::VaultGet, &self.key_target(key)?)?;
-        guarded(Some(&self.db), || self.get_unguarded(key))
+        let (target, memo) = self.recall(key)?;
+        self.check(attested, OpKind::VaultGet, &target)?;
+        guarded(Some(&self.db), || self.get_unguarded(key, memo))
     }
 
     /// Lists every record's key, version and plaintext length, in key order.
@@ -590,8 +643,7 @@ impl Vault {
             tenant,
             cipher: RecordCipher::new(dek)?,
             mac_key: derive_mac_key(dek),
-            memo: Mutex::default(),
-            targets: Mutex::default(),
+            cache: Mutex::default(),
             path: path.to_path_buf(),
             _lock: lock,
         })
@@ -642,20 +694,18 @@ impl Vault {
     /// secret key, so the same key always gives the same target (an auditor can link operations on one
     /// record) while nobody without the tenant's keys can test a guessed key against it.
     pub fn key_target(&self, key: &str) -> Result<Target, VaultError> {
+        Ok(self.recall(key)?.0)
+    }
+
+    /// `key`'s OAR target and memoized record (one lookup in the record cache).
+    fn recall(&self, key: &str) -> Result<(Target, Option<RecordValue>), VaultError> {
         check_key(key)?;
-        let mut targets = self.targets.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(t) = targets.get(key) {
-            return Ok(*t);
-        }
-        let salt = entry_mac(&self.mac_key, "oar-salt", key, &[]);
-        let (c, _opening) = Commitment::with_salt("vault/key", salt, key.as_bytes())
-            .map_err(|e| VaultError::Integrity(format!("cannot commit to the record key: {e}")))?;
-        let target = Target::Object(Digest::Salted(c));
-        if targets.len() >= TARGET_CACHE {
-            targets.clear();
-        }
-        targets.insert(key.to_string(), target);
-        Ok(target)
+        self.cache().recall(key, || {
+            let salt = entry_mac(&self.mac_key, "oar-salt", key, &[]);
+            let (c, _opening) = Commitment::with_salt("vault/key", salt, key.as_bytes())
+                .map_err(|e| VaultError::Integrity(format!("cannot commit to the record key: {e}")))?;
+            Ok(Target::Object(Digest::Salted(c)))
+        })
     }
 
     fn check(&self, attested: &Attested, op: OpKind, target: &Target) -> Result<(), VaultError> {
@@ -698,36 +748,38 @@ impl Vault {
             meta.insert(META_DIGEST, digest.as_slice()).map_err(corrupt)?;
             sealed = sealed_id(&EnvelopeRef { version, nonce: env.nonce, ciphertext: &env.ciphertext });
         }
-        self.memo().remove(key);
+        self.cache().forget(key);
         tx.commit().map_err(corrupt)?;
         if let Some(id) = sealed {
-            self.memo().insert(key, id, RecordValue::new(Plaintext::new(value.to_vec())));
+            self.cache().keep(key, RecordValue::new(id, Plaintext::new(value.to_vec())));
         }
         Ok(version)
     }
 
-    fn memo(&self) -> std::sync::MutexGuard<'_, Memo> {
-        // The memo holds plain data (entries and a byte count); a panic elsewhere cannot break it.
-        self.memo.lock().unwrap_or_else(PoisonError::into_inner)
+    fn cache(&self) -> std::sync::MutexGuard<'_, RecordCache> {
+        // The cache holds plain data (slots and a byte count) and nothing in it panics while it is
+        // locked; a panic elsewhere cannot break it.
+        self.cache.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn get_unguarded(&self, key: &str) -> Result<RecordValue, VaultError> {
-        check_key(key)?;
+    /// Reads `key` (already checked, its target attested), answering from `memo` when the stored record
+    /// is the one memoized.
+    fn get_unguarded(&self, key: &str, memo: Option<RecordValue>) -> Result<RecordValue, VaultError> {
         let tx = self.db.begin_read()?;
         let records = tx.open_table(RECORDS).map_err(corrupt)?;
         let guard = records.get(key).map_err(corrupt)?.ok_or_else(|| VaultError::NotFound(key.to_string()))?;
         let env = decode_envelope(guard.value())?;
-        let sealed = sealed_id(&env);
-        if let Some(v) = sealed.and_then(|id| self.memo().lookup(key, &id)) {
-            return Ok(v);
-        }
-        let plaintext = self.cipher.open(&aad(AAD_RECORD, &self.tenant, key, env.version), &env).ok_or_else(|| {
+        let refused = || {
             VaultError::Integrity(format!("record {key:?} does not authenticate (altered, moved or another tenant's)"))
-        })?;
-        let value = RecordValue::new(plaintext);
-        if let Some(id) = sealed {
-            self.memo().admit(key, id, &value);
+        };
+        // A ciphertext shorter than its tag has no identity and cannot authenticate.
+        let sealed = sealed_id(&env).ok_or_else(refused)?;
+        if let Some(kept) = memo.filter(|kept| kept.0.sealed == sealed) {
+            return Ok(kept);
         }
+        let plaintext = self.cipher.open(&aad(AAD_RECORD, &self.tenant, key, env.version), &env).ok_or_else(refused)?;
+        let value = RecordValue::new(sealed, plaintext);
+        self.cache().admit(key, &value);
         Ok(value)
     }
 
@@ -760,7 +812,7 @@ impl Vault {
             xor_into(&mut digest, &entry_mac(&self.mac_key, "records", key, &old));
             meta.insert(META_DIGEST, digest.as_slice()).map_err(corrupt)?;
         }
-        self.memo().remove(key);
+        self.cache().forget(key);
         tx.commit().map_err(corrupt)?;
         Ok(())
     }
@@ -910,6 +962,14 @@ mod tests {
         fn t_verify(&self, g: &TestGate) -> Result<usize, VaultError> {
             self.verify(&g.tok(self, OpKind::VaultList, None))
         }
+        /// Records memoized and the bytes counted for them (checked against the slots themselves).
+        fn memoized(&self) -> (usize, usize) {
+            let cache = self.cache();
+            let kept: Vec<_> = cache.slots.values().filter_map(|slot| slot.memo.as_ref()).collect();
+            let bytes = kept.iter().map(|v| memo_size(v)).sum::<usize>();
+            assert_eq!(bytes, cache.memo_bytes);
+            (kept.len(), bytes)
+        }
     }
 
     fn fresh() -> (tempfile::TempDir, PathBuf, TenantId, SecretKey) {
@@ -1045,11 +1105,10 @@ mod tests {
         for i in 0..50 {
             assert_eq!(&*v.t_get(&g, &format!("k{i}")).unwrap(), format!("value {i}").as_bytes());
         }
-        assert_eq!(v.memo().entries.len(), 0);
-        assert_eq!(v.memo().bytes, 0);
+        assert_eq!(v.memoized(), (0, 0));
         // The second read of a record decrypts it again and keeps it; the third is served from the memo.
         let second = v.t_get(&g, "k7").unwrap();
-        assert_eq!(v.memo().entries.len(), 1);
+        assert_eq!(v.memoized().0, 1);
         let third = v.t_get(&g, "k7").unwrap();
         assert!(Arc::ptr_eq(&second.0, &third.0));
         assert_eq!(&*third, b"value 7");
@@ -1068,8 +1127,51 @@ mod tests {
         for _ in 0..3 {
             assert!(matches!(v.t_get(&g, "k1"), Err(VaultError::Integrity(_))));
         }
-        assert_eq!(v.memo().entries.len(), 0);
-        assert!(v.memo().seen.is_empty());
+        assert_eq!(v.memoized(), (0, 0));
+        assert!(v.cache().slots.values().all(|slot| !slot.read_once));
+    }
+
+    #[test]
+    fn the_record_cache_stays_within_its_bounds() {
+        let mut cache = RecordCache::default();
+        let none = || Ok(Target::None);
+        let mib = |b: u8| RecordValue::new([b; 44], Plaintext::new(vec![b; 1 << 20]));
+        // The memo budget: 80 records of 1 MiB, kept as if each was written, never hold more than
+        // MEMO_BYTES, and eviction leaves the newest record kept.
+        for i in 0..80u8 {
+            let key = format!("big{i}");
+            cache.recall(&key, none).unwrap();
+            cache.keep(&key, mib(i));
+            assert!(cache.memo_bytes <= MEMO_BYTES);
+            let (_, kept) = cache.recall(&key, none).unwrap();
+            assert_eq!(kept.map(|v| (v.0.sealed, v[0])), Some(([i; 44], i)));
+        }
+        let counted: usize = cache.slots.values().filter_map(|s| s.memo.as_ref()).map(memo_size).sum();
+        assert_eq!(counted, cache.memo_bytes);
+        // A record over an eighth of the budget is never kept.
+        cache.recall("huge", none).unwrap();
+        cache.keep("huge", RecordValue::new([0; 44], Plaintext::new(vec![0; MEMO_BYTES / 8 + 1])));
+        assert!(cache.recall("huge", none).unwrap().1.is_none());
+        // The key bound: past TARGET_CACHE keys, those holding no plaintext are forgotten first.
+        for i in 0..TARGET_CACHE + 10 {
+            cache.recall(&format!("k{i}"), none).unwrap();
+            assert!(cache.slots.len() <= TARGET_CACHE);
+        }
+        assert!(cache.slots.contains_key("big79"), "a memoized record outlives the keys that hold nothing");
+        // Read once, then twice: kept on the second read; forgotten entirely on a write or delete.
+        let small = RecordValue::new([1; 44], Plaintext::new(b"v".to_vec()));
+        cache.recall("r", none).unwrap();
+        cache.admit("r", &small);
+        assert!(cache.recall("r", none).unwrap().1.is_none());
+        cache.admit("r", &small);
+        assert!(cache.recall("r", none).unwrap().1.is_some());
+        cache.forget("r");
+        assert!(cache.recall("r", none).unwrap().1.is_none());
+        assert!(!cache.slots["r"].read_once);
+        // A key the cache does not hold is never memoized.
+        cache.keep("absent", small.clone());
+        cache.admit("absent", &small);
+        assert!(!cache.slots.contains_key("absent"));
     }
 
     #[test]
