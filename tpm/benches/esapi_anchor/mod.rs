@@ -18,6 +18,7 @@ use tss_esapi::structures::{
     Digest, KeyedHashScheme, PcrSelectionList, PcrSelectionListBuilder, PcrSlot, Private, Public, PublicBuilder,
     PublicKeyedHashParameters, SensitiveData, SymmetricDefinition,
 };
+use tss_esapi::traits::{Marshall, UnMarshall};
 use tss_esapi::{Context, TctiNameConf};
 
 type BoxErr = Box<dyn std::error::Error>;
@@ -69,6 +70,52 @@ impl AnchorObject {
             private: created.out_private,
             selection,
             secret: secret.to_vec(),
+        })
+    }
+
+    /// Writes the object (public area, private blob, PCR indices, secret) to `path`, for a bench that runs
+    /// the anchor in another process ([`AnchorObject::load`]). Bench data only: the secret is random.
+    pub fn save(&self, path: &std::path::Path, pcrs: &[u32]) -> Result<(), BoxErr> {
+        let mut out = Vec::new();
+        for part in [self.public.marshall()?, self.private.value().to_vec(), self.secret.clone()] {
+            out.extend_from_slice(&u32::try_from(part.len())?.to_le_bytes());
+            out.extend_from_slice(&part);
+        }
+        for p in pcrs {
+            out.extend_from_slice(&p.to_le_bytes());
+        }
+        Ok(std::fs::write(path, out)?)
+    }
+
+    /// Reads an object written by [`AnchorObject::save`].
+    pub fn load(path: &std::path::Path) -> Result<Self, BoxErr> {
+        let bytes = std::fs::read(path)?;
+        let mut rest = bytes.as_slice();
+        let mut take = |n: usize| -> Result<&[u8], BoxErr> {
+            if rest.len() < n {
+                return Err("anchor file is truncated".into());
+            }
+            let (head, tail) = rest.split_at(n);
+            rest = tail;
+            Ok(head)
+        };
+        let mut parts = Vec::new();
+        for _ in 0..3 {
+            let len = u32::from_le_bytes(take(4)?.try_into()?);
+            parts.push(take(usize::try_from(len)?)?.to_vec());
+        }
+        let mut pcrs = Vec::new();
+        while let Ok(b) = take(4) {
+            pcrs.push(u32::from_le_bytes(b.try_into()?));
+        }
+        let slots = pcrs.iter().map(|p| pcr_slot(*p)).collect::<Result<Vec<_>, _>>()?;
+        let selection = PcrSelectionListBuilder::new().with_selection(HashingAlgorithm::Sha256, &slots).build()?;
+        let [public, private, secret] = <[Vec<u8>; 3]>::try_from(parts).map_err(|_| "anchor file has no three parts")?;
+        Ok(AnchorObject {
+            public: Public::unmarshall(&public)?,
+            private: Private::try_from(private)?,
+            selection,
+            secret,
         })
     }
 
