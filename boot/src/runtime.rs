@@ -283,23 +283,37 @@ impl Measurements {
     }
 }
 
+/// Digests the file at `path` in every bank: one thread per bank over the same open file (positional
+/// reads), so every bank hashes the same file even if the path is replaced meanwhile, and on more than
+/// one core the file costs its slowest hash rather than the sum of them.
 fn digest_file(banks: &[HashAlg], path: &Path) -> io::Result<Vec<(HashAlg, Vec<u8>)>> {
-    let mut f = File::open(path)?;
-    let mut hashers: Vec<Hasher> = banks.iter().map(|a| Hasher::new(*a)).collect();
-    let mut buf = vec![0u8; 64 << 10];
+    let file = File::open(path)?;
+    let file = &file;
+    std::thread::scope(|s| {
+        let workers: Vec<_> = banks.iter().map(|alg| s.spawn(move || digest_open_file(*alg, file))).collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().unwrap_or_else(|_| Err(io::Error::other("a hashing thread panicked"))))
+            .collect()
+    })
+}
+
+fn digest_open_file(alg: HashAlg, file: &File) -> io::Result<(HashAlg, Vec<u8>)> {
+    use std::os::unix::fs::FileExt;
+    let mut hasher = Hasher::new(alg);
+    let mut buf = vec![0u8; 256 << 10];
+    let mut offset = 0u64;
     loop {
-        let n = match f.read(&mut buf) {
+        let n = match file.read_at(&mut buf, offset) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
-        let chunk = buf.get(..n).unwrap_or_default();
-        for h in &mut hashers {
-            h.update(chunk);
-        }
+        hasher.update(buf.get(..n).unwrap_or_default());
+        offset += n as u64;
     }
-    Ok(hashers.into_iter().map(|h| (h.alg(), h.finalize())).collect())
+    Ok((alg, hasher.finalize()))
 }
 
 /// What the stage did.

@@ -92,7 +92,14 @@ pub fn run_stage(
     let measurements = if config.danger_dev_unbound_executable {
         Measurements::from_bytes(banks, DEV_UNBOUND_EXECUTABLE_LABEL, config_bytes, profile.bytes())
     } else {
-        let exe = std::env::current_exe().map_err(MeasureError::Executable)?;
+        // The running image itself: `/proc/self/exe` opens the executing file even if its path has been
+        // replaced since the process started (the resolved path might name another file by now).
+        let proc_exe = std::path::Path::new("/proc/self/exe");
+        let exe = if proc_exe.exists() {
+            proc_exe.to_path_buf()
+        } else {
+            std::env::current_exe().map_err(MeasureError::Executable)?
+        };
         Measurements::measure::<TpmError>(profile, &exe, config_bytes).map_err(MeasureError::Failed)?
     };
     let mut dev = TpmPcrs(&machine.tpm);
