@@ -171,6 +171,14 @@ fn main() -> Result<(), BoxErr> {
     line("(V) Vault::open alone (lock file, redb open, DEK unwrap)", &sv);
     line("(V-close) drop of the vault (redb close)", &svc);
     line("(C) bare ESAPI connect+disconnect to swtpm", &sc);
+    // Where the tail sits: the slowest samples with their position in the run (consecutive positions
+    // within one block of BLOCK are one burst of machine noise; spread-out ones are the path's own).
+    for (label, samples) in [("A", &a), ("U", &u), ("R", &ro)] {
+        let mut worst: Vec<(usize, Duration)> = samples.iter().copied().enumerate().collect();
+        worst.sort_by_key(|(_, d)| std::cmp::Reverse(*d));
+        let shown: Vec<String> = worst.iter().take(6).map(|(i, d)| format!("#{i} {:.2}", ms(*d))).collect();
+        println!("slowest {label} (sample #, ms): {}", shown.join(", "));
+    }
     let r = |x: Duration, y: Duration| x.as_secs_f64() / y.as_secs_f64();
     println!(
         "ratio U/A: median {:.2}x  p99 {:.2}x   (target <= 1.5x: {})",
