@@ -74,7 +74,8 @@ fn main() -> Result<(), BoxErr> {
         return Ok(());
     }
     let n: usize = std::env::var("BULWARK_BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(60);
-    let bin = std::env::var_os("BULWARK_CLI_BIN").map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_bulwark")), PathBuf::from);
+    let bin =
+        std::env::var_os("BULWARK_CLI_BIN").map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_bulwark")), PathBuf::from);
     let dir = tempfile::tempdir()?;
     let sw = Swtpm::start(&dir.path().join("swtpm"))?;
     let tcti = sw.tcti();

@@ -110,7 +110,8 @@ impl AnchorObject {
         }
         let slots = pcrs.iter().map(|p| pcr_slot(*p)).collect::<Result<Vec<_>, _>>()?;
         let selection = PcrSelectionListBuilder::new().with_selection(HashingAlgorithm::Sha256, &slots).build()?;
-        let [public, private, secret] = <[Vec<u8>; 3]>::try_from(parts).map_err(|_| "anchor file has no three parts")?;
+        let [public, private, secret] =
+            <[Vec<u8>; 3]>::try_from(parts).map_err(|_| "anchor file has no three parts")?;
         Ok(AnchorObject {
             public: Public::unmarshall(&public)?,
             private: Private::try_from(private)?,
