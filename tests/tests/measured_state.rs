@@ -1,8 +1,10 @@
 //! Refusal after a change of measured state, for every PCR a profile binds; and unlock again after a
 //! plain restart of the TPM.
 
+use std::process::Command;
+
 use bulwark_boot::profile::HwProfile;
-use bulwark_tests::{Env, snapshot};
+use bulwark_tests::{Env, bulwark_bin, run_cmd, snapshot};
 use sha1::Sha1;
 use sha2::{Digest, Sha256};
 
@@ -105,4 +107,49 @@ fn restart_then_unlock_again() {
     env.run(&["vault", "verify", "--tenant", &t.id]).ok();
     let tenants = env.run(&["tenant", "list", "--json"]).ok().json();
     assert_eq!(tenants["tenants"][0]["id"], t.id.as_str());
+}
+
+#[test]
+fn a_binary_replaced_within_the_boot_cycle_is_refused_until_the_measured_one_returns() {
+    // The appliance runs from a copy this test owns, so the copy can be replaced the way an upgrade that
+    // skipped the reboot would replace it (a new file renamed over the old path).
+    let env = Env::new();
+    let bin = env.scratch().join("bin").join("bulwark");
+    std::fs::create_dir_all(bin.parent().expect("bin dir")).expect("bin dir");
+    let original = std::fs::read(bulwark_bin()).expect("the bulwark binary");
+    let install = |bytes: &[u8]| {
+        let tmp = bin.with_extension("new");
+        std::fs::write(&tmp, bytes).expect("write the binary");
+        let mut perm = std::fs::metadata(&tmp).expect("stat").permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
+        std::fs::set_permissions(&tmp, perm).expect("chmod");
+        std::fs::rename(&tmp, &bin).expect("rename over the binary");
+    };
+    let cmd = |args: &[&str]| {
+        let mut c = Command::new(&bin);
+        c.env("TSS2_LOG", "all+NONE").env_remove("BULWARK_DATA_DIR").env_remove("BULWARK_LOG");
+        c.arg("--data-dir").arg(env.data_dir()).arg("--tpm").arg(env.tpm.tcti()).args(args);
+        c
+    };
+    install(&original);
+    run_cmd(cmd(&["init"]), None).ok();
+    let created = run_cmd(cmd(&["tenant", "create", "legal", "--json"]), None).ok().json();
+    let id = created["id"].as_str().expect("tenant id").to_string();
+    run_cmd(cmd(&["vault", "put", "--tenant", &id, "k1"]), Some(b"measured runtime")).ok();
+    assert_eq!(run_cmd(cmd(&["vault", "get", "--tenant", &id, "k1"]), None).ok().stdout, b"measured runtime");
+
+    // Another executable at the same path (the same program with one more byte: it still runs).
+    let mut changed = original.clone();
+    changed.push(0);
+    install(&changed);
+    let before = snapshot(&env.data_dir().join("tenants"));
+    run_cmd(cmd(&["vault", "get", "--tenant", &id, "k1"]), None)
+        .fails_with(&["measured state changed", "the executable differs"]);
+    run_cmd(cmd(&["vault", "put", "--tenant", &id, "k2"]), Some(b"from the other binary"))
+        .fails_with(&["measured state changed", "the executable differs"]);
+    assert_eq!(snapshot(&env.data_dir().join("tenants")), before, "the refused commands changed tenant files");
+
+    // The measured executable back in place: the same boot cycle verifies again.
+    install(&original);
+    assert_eq!(run_cmd(cmd(&["vault", "get", "--tenant", &id, "k1"]), None).ok().stdout, b"measured runtime");
 }
