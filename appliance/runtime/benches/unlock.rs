@@ -1,8 +1,12 @@
 //! Tenant unlock latency on a real swtpm, beside a plain ESAPI anchor measured in the same run.
 //!
-//! Paths, interleaved in blocks of 50 so that drift on a shared machine hits them alike:
-//! - (A) anchor: plain tss-esapi on one open connection: TPM2_Load, unsalted policy session,
-//!   TPM2_PolicyPCR, TPM2_Unseal, flush object and session, for a 32-byte PCR-only sealed object under
+//! Paths, interleaved in blocks of 50 so that drift on a shared machine hits them alike.
+//! `BULWARK_BENCH_ORDER=rotate` measures in rounds of one sample of each path instead, the order rotated
+//! every round, so that a burst of noise hits every path alike; the anchor then connects before each
+//! sample (the swtpm serves one client at a time), which makes it slightly slower than on one connection:
+//! - (A) anchor: plain tss-esapi on an open connection (one per block; not timed): TPM2_Load, an
+//!   unsalted policy session, TPM2_PolicyPCR, TPM2_Unseal, flush object and session, for a 32-byte
+//!   PCR-only sealed object under
 //!   the same SRK and the same PCR selection as the tenant's KEK (the sequence of
 //!   `tpm/benches/unseal.rs`).
 //! - (U) `Appliance::unlock` of one tenant: registry lookup, read `kek.sealed`, `Tpm::unseal` through
@@ -51,6 +55,7 @@ fn line(label: &str, s: &Stats) {
 
 fn main() -> Result<(), BoxErr> {
     let n: usize = std::env::var("BULWARK_BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(300);
+    let blocks = !std::env::var("BULWARK_BENCH_ORDER").is_ok_and(|v| v == "rotate");
     let dir = tempfile::tempdir()?;
     let sw = Swtpm::start(&dir.path().join("swtpm"))?;
     let tcti = sw.tcti();
@@ -88,81 +93,85 @@ fn main() -> Result<(), BoxErr> {
         SecretKey::take_from(&mut bytes[..]).ok_or("KEK is not 32 bytes")?
     };
 
-    let mut a = Vec::new();
-    let (mut u, mut u_close) = (Vec::new(), Vec::new());
-    let (mut ro, mut ro_close) = (Vec::new(), Vec::new());
-    let mut t = Vec::new();
-    let (mut v, mut v_close) = (Vec::new(), Vec::new());
-    let mut c = Vec::new();
-    let mut done = 0usize;
-    let mut first = true;
-    while done < n {
-        // The first round is a warm-up of every path, not recorded.
-        let k = if first { WARMUP } else { BLOCK.min(n - done) };
-        let anchor_times = anchor.unseal_times(&tcti, k)?;
-        let mut ut = Vec::with_capacity(k);
-        let mut uc = Vec::with_capacity(k);
-        for _ in 0..k {
-            let t0 = Instant::now();
-            let unlocked = app.unlock(id)?;
-            ut.push(t0.elapsed());
-            let t1 = Instant::now();
-            drop(unlocked);
-            uc.push(t1.elapsed());
+    // One sample of one path into `rec`, indexed as PATHS.
+    let mut rec: [Vec<Duration>; 9] = Default::default();
+    let mut sample = |path: usize, rec: &mut [Vec<Duration>; 9]| -> Result<(), BoxErr> {
+        match path {
+            0 => rec[0].extend(anchor.unseal_times(&tcti, 1)?),
+            1 | 2 => {
+                let t0 = Instant::now();
+                let unlocked = if path == 1 { app.unlock(id)? } else { app.unlock_read_only(id)? };
+                let took = t0.elapsed();
+                let t1 = Instant::now();
+                drop(unlocked);
+                let (open, close) = if path == 1 { (1, 2) } else { (3, 4) };
+                rec[open].push(took);
+                rec[close].push(t1.elapsed());
+            }
+            3 => {
+                let t0 = Instant::now();
+                let s = app.machine_mut().tpm.unseal(&sealed, UnsealAuth::MeasuredState)?;
+                rec[5].push(t0.elapsed());
+                if s.len() != 32 {
+                    return Err("Tpm::unseal returned the wrong length".into());
+                }
+            }
+            4 => {
+                let t0 = Instant::now();
+                let vault = Vault::open(&vault_path, id, &kek)?;
+                rec[6].push(t0.elapsed());
+                let t1 = Instant::now();
+                drop(vault);
+                rec[7].push(t1.elapsed());
+            }
+            _ => rec[8].extend(common::connect_times(&tcti, 1)?),
         }
-        let mut rt = Vec::with_capacity(k);
-        let mut rc = Vec::with_capacity(k);
-        for _ in 0..k {
-            let t0 = Instant::now();
-            let unlocked = app.unlock_read_only(id)?;
-            rt.push(t0.elapsed());
-            let t1 = Instant::now();
-            drop(unlocked);
-            rc.push(t1.elapsed());
+        Ok(())
+    };
+    const PATHS: usize = 6;
+    let mut warm: [Vec<Duration>; 9] = Default::default();
+    if blocks {
+        // Blocks of BLOCK samples of one path, the paths in turn (the first round of WARMUP each is warm-up);
+        // the anchor's block runs on one connection.
+        let mut done = 0usize;
+        let mut first = true;
+        while done < n {
+            let k = if first { WARMUP } else { BLOCK.min(n - done) };
+            let anchor_times = anchor.unseal_times(&tcti, k)?;
+            (if first { &mut warm } else { &mut rec })[0].extend(anchor_times);
+            for path in 1..PATHS {
+                for _ in 0..k {
+                    sample(path, if first { &mut warm } else { &mut rec })?;
+                }
+            }
+            if !first {
+                done += k;
+            }
+            first = false;
         }
-        let mut tt = Vec::with_capacity(k);
-        for _ in 0..k {
-            let t0 = Instant::now();
-            let s = app.machine_mut().tpm.unseal(&sealed, UnsealAuth::MeasuredState)?;
-            tt.push(t0.elapsed());
-            if s.len() != 32 {
-                return Err("Tpm::unseal returned the wrong length".into());
+    } else {
+        // One sample of each path per round, the order rotated each round (WARMUP rounds of warm-up). The
+        // swtpm serves one client at a time, so the anchor connects for each sample (not timed).
+        for round in 0..WARMUP + n {
+            for j in 0..PATHS {
+                sample((round + j) % PATHS, if round < WARMUP { &mut warm } else { &mut rec })?;
             }
         }
-        let mut vt = Vec::with_capacity(k);
-        let mut vc = Vec::with_capacity(k);
-        for _ in 0..k {
-            let t0 = Instant::now();
-            let vault = Vault::open(&vault_path, id, &kek)?;
-            vt.push(t0.elapsed());
-            let t1 = Instant::now();
-            drop(vault);
-            vc.push(t1.elapsed());
-        }
-        let ct = common::connect_times(&tcti, k)?;
-        if first {
-            first = false;
-            continue;
-        }
-        a.extend(anchor_times);
-        u.extend(ut);
-        u_close.extend(uc);
-        ro.extend(rt);
-        ro_close.extend(rc);
-        t.extend(tt);
-        v.extend(vt);
-        v_close.extend(vc);
-        c.extend(ct);
-        done += k;
     }
+    let [a, u, u_close, ro, ro_close, t, v, v_close, c] = rec;
 
     let (sa, su, suc) = (stats(&a)?, stats(&u)?, stats(&u_close)?);
     let (sr, src) = (stats(&ro)?, stats(&ro_close)?);
     let (st, sv, svc, sc) = (stats(&t)?, stats(&v)?, stats(&v_close)?, stats(&c)?);
-    println!("unlock bench: swtpm {tcti}, N={n} per path, blocks of {BLOCK} interleaved, {WARMUP} warm-up each");
+    let order = if blocks {
+        format!("blocks of {BLOCK} interleaved, {WARMUP} warm-up each")
+    } else {
+        format!("one sample of each path per round, order rotated each round, {WARMUP} warm-up rounds")
+    };
+    println!("unlock bench: swtpm {tcti}, N={n} per path, {order}");
     println!("{}", common::machine_report());
     println!("{}", common::fsync_probe(dir.path())?);
-    line("(A) anchor: ESAPI Load+PolicyPCR+Unseal+Flush (1 conn)", &sa);
+    line("(A) anchor: ESAPI Load+PolicyPCR+Unseal+Flush (open conn)", &sa);
     line("(U) Appliance::unlock (registry, blob, unseal, vault open)", &su);
     line("(U-close) drop of the unlocked tenant (redb close)", &suc);
     line("(R) Appliance::unlock_read_only (vault opened read-only)", &sr);
@@ -171,8 +180,8 @@ fn main() -> Result<(), BoxErr> {
     line("(V) Vault::open alone (lock file, redb open, DEK unwrap)", &sv);
     line("(V-close) drop of the vault (redb close)", &svc);
     line("(C) bare ESAPI connect+disconnect to swtpm", &sc);
-    // Where the tail sits: the slowest samples with their position in the run (consecutive positions
-    // within one block of BLOCK are one burst of machine noise; spread-out ones are the path's own).
+    // Where the tail sits: the slowest samples with their position in the run (in blocks, consecutive
+    // positions within one block are one burst of machine noise; spread-out ones are the path's own).
     for (label, samples) in [("A", &a), ("U", &u), ("R", &ro)] {
         let mut worst: Vec<(usize, Duration)> = samples.iter().copied().enumerate().collect();
         worst.sort_by_key(|(_, d)| std::cmp::Reverse(*d));
