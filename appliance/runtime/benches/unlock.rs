@@ -6,9 +6,8 @@
 //! sample (the swtpm serves one client at a time), which makes it slightly slower than on one connection:
 //! - (A) anchor: plain tss-esapi on an open connection (one per block; not timed): TPM2_Load, an
 //!   unsalted policy session, TPM2_PolicyPCR, TPM2_Unseal, flush object and session, for a 32-byte
-//!   PCR-only sealed object under
-//!   the same SRK and the same PCR selection as the tenant's KEK (the sequence of
-//!   `tpm/benches/unseal.rs`).
+//!   PCR-only sealed object under the same SRK and the same PCR selection as the tenant's KEK (the
+//!   sequence of `tpm/benches/unseal.rs`).
 //! - (U) `Appliance::unlock` of one tenant: registry lookup, read `kek.sealed`, `Tpm::unseal` through
 //!   the policy session (PolicyPCR, PolicyNV, PolicyOR), `Vault::open` and DEK unwrap, the tenant's
 //!   ledger signing seed read from the vault and `Gate::open` of its ledger (recovery scan, committer
@@ -93,7 +92,8 @@ fn main() -> Result<(), BoxErr> {
         SecretKey::take_from(&mut bytes[..]).ok_or("KEK is not 32 bytes")?
     };
 
-    // One sample of one path into `rec`, indexed as PATHS.
+    // One sample of path `path` (0 A, 1 U, 2 R, 3 T, 4 V, 5 C) into `rec`, whose slots are A, U, U-close,
+    // R, R-close, T, V, V-close and C.
     let mut rec: [Vec<Duration>; 9] = Default::default();
     let mut sample = |path: usize, rec: &mut [Vec<Duration>; 9]| -> Result<(), BoxErr> {
         match path {
