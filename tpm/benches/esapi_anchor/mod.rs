@@ -124,7 +124,14 @@ impl AnchorObject {
     /// policy session, TPM2_PolicyPCR, TPM2_Unseal, TPM2_FlushContext of object and session. The
     /// connection is opened before and closed after the timed loop (it is not counted).
     pub fn unseal_times(&self, tcti: &str, n: usize) -> Result<Vec<Duration>, BoxErr> {
-        let (mut ctx, srk) = connect(tcti)?;
+        let mut conn = AnchorConnection::open(tcti)?;
+        self.unseal_times_on(&mut conn, n)
+    }
+
+    /// [`AnchorObject::unseal_times`] on a connection the caller holds open across calls.
+    pub fn unseal_times_on(&self, conn: &mut AnchorConnection, n: usize) -> Result<Vec<Duration>, BoxErr> {
+        let AnchorConnection { ctx, srk } = conn;
+        let srk = *srk;
         let mut times = Vec::with_capacity(n);
         for _ in 0..n {
             let t = Instant::now();
@@ -153,6 +160,21 @@ impl AnchorObject {
             }
         }
         Ok(times)
+    }
+}
+
+/// An open tss-esapi connection with the persistent SRK's handle, for anchors that keep one connection
+/// for a whole run. On a one-client swtpm nothing else can reach that swtpm while it is open.
+pub struct AnchorConnection {
+    ctx: Context,
+    srk: KeyHandle,
+}
+
+impl AnchorConnection {
+    /// Connects to `tcti` and opens the persistent SRK (which must exist).
+    pub fn open(tcti: &str) -> Result<Self, BoxErr> {
+        let (ctx, srk) = connect(tcti)?;
+        Ok(Self { ctx, srk })
     }
 }
 

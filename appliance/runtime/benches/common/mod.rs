@@ -17,7 +17,7 @@ pub type BoxErr = Box<dyn std::error::Error>;
 #[path = "../../../../tpm/benches/esapi_anchor/mod.rs"]
 mod esapi_anchor;
 #[allow(unused_imports)] // not every bench binary measures the anchor
-pub use esapi_anchor::{AnchorObject, connect_times};
+pub use esapi_anchor::{AnchorConnection, AnchorObject, connect_times};
 
 /// Median, p99, mean, min and max of a set of samples.
 #[derive(Debug, Clone, Copy)]
