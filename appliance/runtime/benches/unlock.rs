@@ -35,7 +35,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use bulwark_appliance::appliance::Appliance;
+use bulwark_appliance::appliance::{Appliance, SIGNING_SEED};
 use bulwark_appliance::datadir::DataDir;
 use bulwark_appliance::registry::Registry;
 use bulwark_appliance::secret::SecretKey;
@@ -122,7 +122,7 @@ fn main() -> Result<(), BoxErr> {
     let ledger_dir = tenant_dir.join("ledger");
     let seed = {
         let vault = Vault::open_read_only(&vault_path, id, &kek)?;
-        vault.get_secret("signing-seed")?
+        vault.get_secret(SIGNING_SEED)?
     };
     let runtime = {
         let m = app.measured();

@@ -28,7 +28,7 @@ use crate::secret::SecretKey;
 use crate::vault::{RecordInfo, RecordValue, Vault, VaultError};
 
 /// Where a tenant's ML-DSA-65 signing seed is kept: in its vault's metadata, encrypted under its DEK.
-const SIGNING_SEED: &str = "signing-seed";
+pub const SIGNING_SEED: &str = "signing-seed";
 
 /// What can go wrong running the appliance.
 #[derive(Debug, thiserror::Error)]
