@@ -21,6 +21,14 @@
 //! line (seal/open of one 4 KiB record as the vault does it) attributes the difference, and gives the best
 //! first-read ratio possible with this AEAD: the plain store's first read plus one open.
 //!
+//! A third store, the floor, is read in 7 more rounds of reopen + first reads (as attested, chunks of 16,
+//! the three stores back to back per chunk, the order rotated): the same redb tables and commits,
+//! each record sealed as the vault seals it (postcard envelope of version, nonce and ciphertext; the same
+//! associated data) under a key of the bench's, and a get that does only what any encrypted store on this
+//! redb and this AEAD must: one read transaction, decode the envelope, open it with aws-lc-rs from the
+//! stored bytes into a new buffer that is wiped on drop. No token check, no record cache, no memo. The
+//! vault's first read against the floor is the cost of everything the vault adds to a bare encrypted read.
+//!
 //! Every vault operation needs an attestation token from the tenant's ledger gate. This bench measures the
 //! store, not the gate: the tokens come from a real gate ([`common::BenchGate`]) but are minted before each
 //! timed loop (one per put, one per key reused by every get pass), and their outcomes are queued after it.
@@ -44,6 +52,7 @@ use bulwark_ledger::OpKind;
 use common::{BenchGate, BoxErr, stats, us};
 use rand::RngCore;
 use redb::{Database, ReadableDatabase, TableDefinition};
+use serde::{Deserialize, Serialize};
 
 const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -54,6 +63,7 @@ const GET_PASSES: usize = 6;
 const FIRST_ROUNDS: usize = 7;
 const COLD_CHUNK: usize = 250;
 const ATTESTED_CHUNK: usize = 16;
+const RECORD_LABEL: &[u8] = b"bulwark/vault/record/v1\0";
 
 /// The baseline: redb with the vault's tables and durability, no encryption, no set digest.
 struct Plain {
@@ -91,19 +101,113 @@ impl Plain {
     }
 }
 
-/// One timed pass reading every key once, from the vault (`which == 0`) or the plain store; every value is
-/// checked against the one put.
+/// The floor: a bare encrypted store on the same redb tables and AEAD, records sealed as the vault
+/// seals them (see the module docs).
+struct Floor {
+    db: Database,
+    tenant: TenantId,
+    sealer: Aes256GcmSiv,
+    opener: LessSafeKey,
+}
+
+/// The vault's stored record layout (`vault.rs`, `docs/FORMATS.md`), restated for the floor.
+#[derive(Serialize, Deserialize)]
+struct FloorEnvelope<'a> {
+    version: u64,
+    nonce: [u8; 12],
+    #[serde(borrow)]
+    ciphertext: &'a [u8],
+}
+
+impl Floor {
+    fn create(path: &std::path::Path, tenant: TenantId, key: &SecretKey) -> Result<Self, BoxErr> {
+        let db = Database::create(path)?;
+        let mut tx = db.begin_write()?;
+        tx.set_durability(redb::Durability::Immediate)?;
+        tx.open_table(META)?.insert("format", b"floor/v1".as_slice())?;
+        tx.open_table(RECORDS)?;
+        tx.commit()?;
+        Self::with_db(db, tenant, key)
+    }
+
+    fn with_db(db: Database, tenant: TenantId, key: &SecretKey) -> Result<Self, BoxErr> {
+        let opener =
+            LessSafeKey::new(UnboundKey::new(&AES_256_GCM_SIV, key.expose_secret()).map_err(|_| "aws-lc key")?);
+        Ok(Floor { db, tenant, sealer: Aes256GcmSiv::new(key.expose_secret().into()), opener })
+    }
+
+    fn open(path: &std::path::Path, tenant: TenantId, key: &SecretKey) -> Result<Self, BoxErr> {
+        Self::with_db(Database::open(path)?, tenant, key)
+    }
+
+    /// The vault's record associated data: label, tenant, key length and key, version.
+    fn aad(&self, key: &str, version: u64) -> Vec<u8> {
+        let mut a = Vec::with_capacity(RECORD_LABEL.len() + 16 + 4 + key.len() + 8);
+        a.extend_from_slice(RECORD_LABEL);
+        a.extend_from_slice(self.tenant.as_bytes());
+        a.extend_from_slice(&u32::try_from(key.len()).unwrap_or(u32::MAX).to_be_bytes());
+        a.extend_from_slice(key.as_bytes());
+        a.extend_from_slice(&version.to_be_bytes());
+        a
+    }
+
+    fn put(&self, key: &str, value: &[u8]) -> Result<(), BoxErr> {
+        let mut nonce = [0u8; 12];
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        let ciphertext = self
+            .sealer
+            .encrypt(&Nonce::from(nonce), Payload { msg: value, aad: &self.aad(key, 1) })
+            .map_err(|_| "floor seal")?;
+        let bytes = postcard::to_stdvec(&FloorEnvelope { version: 1, nonce, ciphertext: &ciphertext })?;
+        let mut tx = self.db.begin_write()?;
+        tx.set_durability(redb::Durability::Immediate)?;
+        tx.open_table(RECORDS)?.insert(key, bytes.as_slice())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn get(&self, key: &str) -> Result<Plaintext, BoxErr> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(RECORDS)?;
+        let v = t.get(key)?.ok_or("missing record")?;
+        let env: FloorEnvelope<'_> = postcard::from_bytes(v.value())?;
+        let (body, tag) = env.ciphertext.split_at(env.ciphertext.len().checked_sub(16).ok_or("short record")?);
+        let mut out = vec![0u8; body.len()];
+        let nonce = aws_lc_rs::aead::Nonce::assume_unique_for_key(env.nonce);
+        self.opener
+            .open_separate_gather(nonce, Aad::from(&self.aad(key, env.version)[..]), body, tag, &mut out)
+            .map_err(|_| "floor record does not authenticate")?;
+        Ok(Plaintext::new(out))
+    }
+}
+
+/// Which store a timed pass reads.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Which {
+    Vault,
+    Plain,
+    Floor,
+}
+
+/// One timed pass reading every key once from one store (the floor only where it is given); every value
+/// is checked against the one put.
 fn timed_pass(
     vault: &Vault,
     plain: &Plain,
-    which: usize,
+    floor: Option<&Floor>,
+    which: Which,
     keys: &[String],
     tokens: &[bulwark_ledger::Attested],
     value: &[u8],
 ) -> Result<Duration, BoxErr> {
     let start = Instant::now();
     for (k, token) in keys.iter().zip(tokens) {
-        let ok = if which == 0 { *vault.get(token, k)? == *value } else { plain.get(k)? == value };
+        let ok = match (which, floor) {
+            (Which::Vault, _) => *vault.get(token, k)? == *value,
+            (Which::Plain, _) => plain.get(k)? == value,
+            (Which::Floor, Some(f)) => *f.get(k)? == *value,
+            (Which::Floor, None) => return Err("no floor store in this pass".into()),
+        };
         if !ok {
             return Err(format!("record {k} read back wrong").into());
         }
@@ -124,6 +228,7 @@ fn main() -> Result<(), BoxErr> {
     let tenant = TenantId::random()?;
     let kek = SecretKey::random();
     let (vault_path, plain_path) = (dir.path().join("vault.redb"), dir.path().join("plain.redb"));
+    let (floor_path, floor_key) = (dir.path().join("floor.redb"), SecretKey::random());
     let vault = Vault::create(&vault_path, tenant, &kek)?;
     let gate = BenchGate::new(tenant)?;
     let plain = Plain::create(&plain_path)?;
@@ -170,6 +275,13 @@ fn main() -> Result<(), BoxErr> {
         }
     }
 
+    // The floor store, filled outside any clock, one commit per record as in the other two.
+    let floor = Floor::create(&floor_path, tenant, &floor_key)?;
+    for k in &keys {
+        floor.put(k, &value)?;
+    }
+    drop(floor);
+
     // Gets. 2 x FIRST_ROUNDS times: close and reopen both stores, then read every key once from each
     // (first reads), in chunks read from both stores back to back (the order alternating per chunk), so
     // that the machine's drift hits both alike. Rounds alternate between two ways of presenting the
@@ -202,14 +314,16 @@ fn main() -> Result<(), BoxErr> {
         let chunk = if attested { ATTESTED_CHUNK } else { COLD_CHUNK };
         let (mut v_round, mut p_round) = (Duration::ZERO, Duration::ZERO);
         for (c, (ks, ts)) in keys.chunks(chunk).zip(get_tokens.chunks(chunk)).enumerate() {
-            for which in [(round / 2 + c) % 2, 1 - (round / 2 + c) % 2] {
-                if which == 0 && attested {
+            let order =
+                if (round / 2 + c) % 2 == 0 { [Which::Vault, Which::Plain] } else { [Which::Plain, Which::Vault] };
+            for which in order {
+                if which == Which::Vault && attested {
                     for k in ks {
                         vault.key_target(k)?;
                     }
                 }
-                let took = timed_pass(&vault, &plain, which, ks, ts, &value)?;
-                if which == 0 {
+                let took = timed_pass(&vault, &plain, None, which, ks, ts, &value)?;
+                if which == Which::Vault {
                     v_round += took;
                 } else {
                     p_round += took;
@@ -225,6 +339,32 @@ fn main() -> Result<(), BoxErr> {
         }
         opened = Some((vault, plain));
     }
+    // FIRST_ROUNDS more rounds of reopen + first reads, as attested, now with the floor store too: the
+    // three read back to back per chunk, the order rotated per chunk.
+    let (mut fv, mut fp, mut ff) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..FIRST_ROUNDS {
+        drop(opened.take());
+        let vault = Vault::open_read_only(&vault_path, tenant, &kek)?;
+        let plain = Plain::open(&plain_path)?;
+        let floor = Floor::open(&floor_path, tenant, &floor_key)?;
+        let mut took = [Duration::ZERO; 3];
+        for (c, (ks, ts)) in keys.chunks(ATTESTED_CHUNK).zip(get_tokens.chunks(ATTESTED_CHUNK)).enumerate() {
+            let mut order = [Which::Vault, Which::Plain, Which::Floor];
+            order.rotate_left((round + c) % 3);
+            for which in order {
+                if which == Which::Vault {
+                    for k in ks {
+                        vault.key_target(k)?;
+                    }
+                }
+                took[which as usize] += timed_pass(&vault, &plain, Some(&floor), which, ks, ts, &value)?;
+            }
+        }
+        fv.push(took[Which::Vault as usize]);
+        fp.push(took[Which::Plain as usize]);
+        ff.push(took[Which::Floor as usize]);
+        opened = Some((vault, plain));
+    }
     let (vault, plain) = opened.ok_or("no get rounds")?;
     // The token check's lookup alone, every target cached, cycling through all keys.
     let start = Instant::now();
@@ -237,8 +377,9 @@ fn main() -> Result<(), BoxErr> {
     let (mut vg, mut pg) = (Vec::new(), Vec::new());
     for pass in 0..GET_PASSES {
         for which in [pass % 2, 1 - pass % 2] {
-            let took = timed_pass(&vault, &plain, which, &keys, &get_tokens, &value)?;
-            if which == 0 { vg.push(took) } else { pg.push(took) }
+            let which = if which == 0 { Which::Vault } else { Which::Plain };
+            let took = timed_pass(&vault, &plain, None, which, &keys, &get_tokens, &value)?;
+            if which == Which::Vault { vg.push(took) } else { pg.push(took) }
         }
     }
     for token in get_tokens {
@@ -362,6 +503,26 @@ fn main() -> Result<(), BoxErr> {
         "get, first read, bound from the AEAD alone: plain first read {:.2} us + open {:.2} us -> at most {bound:.2}x",
         per_get(spf.median),
         us(open_each)
+    );
+    let (sfv, sfp, sff) = (stats(&fv)?, stats(&fp)?, stats(&ff)?);
+    let floor_rounds: Vec<String> = fv
+        .iter()
+        .zip(&fp)
+        .zip(&ff)
+        .map(|((v, p), f)| format!("{:.2}/{:.2}/{:.2} us", per_get(*v), per_get(*p), per_get(*f)))
+        .collect();
+    println!(
+        "get, first read beside the floor (bare redb read + envelope decode + aws-lc-rs open, {FIRST_ROUNDS} more \
+         rounds, as attested): vault {:.2} us, plain {:.2} us, floor {:.2} us per get (medians); vault/floor time \
+         {:.3}x; plain/floor {:.2}x, plain/vault {:.2}x (target >= 0.7x: {}); per round vault/plain/floor: {}",
+        per_get(sfv.median),
+        per_get(sfp.median),
+        per_get(sff.median),
+        sfv.median.as_secs_f64() / sff.median.as_secs_f64(),
+        sfp.median.as_secs_f64() / sff.median.as_secs_f64(),
+        sfp.median.as_secs_f64() / sfv.median.as_secs_f64(),
+        verdict(sfp.median.as_secs_f64() / sfv.median.as_secs_f64()),
+        floor_rounds.join(", ")
     );
     println!(
         "record key -> OAR target, computed (two HMAC/SHA-256 runs, as at attestation): {:.2} us per key (median \
