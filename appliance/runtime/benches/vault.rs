@@ -64,6 +64,7 @@ const FIRST_ROUNDS: usize = 7;
 const COLD_CHUNK: usize = 250;
 const ATTESTED_CHUNK: usize = 16;
 const RECORD_LABEL: &[u8] = b"bulwark/vault/record/v1\0";
+const TAG_LEN: usize = 16;
 
 /// The baseline: redb with the vault's tables and durability, no encryption, no set digest.
 struct Plain {
@@ -71,11 +72,12 @@ struct Plain {
 }
 
 impl Plain {
-    fn create(path: &std::path::Path) -> Result<Self, BoxErr> {
+    /// A new store whose `meta` table names its `format`.
+    fn create(path: &std::path::Path, format: &str) -> Result<Self, BoxErr> {
         let db = Database::create(path)?;
         let mut tx = db.begin_write()?;
         tx.set_durability(redb::Durability::Immediate)?;
-        tx.open_table(META)?.insert("format", b"plain/v1".as_slice())?;
+        tx.open_table(META)?.insert("format", format.as_bytes())?;
         tx.open_table(RECORDS)?;
         tx.commit()?;
         Ok(Plain { db })
@@ -104,7 +106,8 @@ impl Plain {
 /// The floor: a bare encrypted store on the same redb tables and AEAD, records sealed as the vault
 /// seals them (see the module docs).
 struct Floor {
-    db: Database,
+    /// The same store as the baseline's, holding sealed envelopes instead of values.
+    store: Plain,
     tenant: TenantId,
     sealer: Aes256GcmSiv,
     opener: LessSafeKey,
@@ -121,23 +124,17 @@ struct FloorEnvelope<'a> {
 
 impl Floor {
     fn create(path: &std::path::Path, tenant: TenantId, key: &SecretKey) -> Result<Self, BoxErr> {
-        let db = Database::create(path)?;
-        let mut tx = db.begin_write()?;
-        tx.set_durability(redb::Durability::Immediate)?;
-        tx.open_table(META)?.insert("format", b"floor/v1".as_slice())?;
-        tx.open_table(RECORDS)?;
-        tx.commit()?;
-        Self::with_db(db, tenant, key)
-    }
-
-    fn with_db(db: Database, tenant: TenantId, key: &SecretKey) -> Result<Self, BoxErr> {
-        let opener =
-            LessSafeKey::new(UnboundKey::new(&AES_256_GCM_SIV, key.expose_secret()).map_err(|_| "aws-lc key")?);
-        Ok(Floor { db, tenant, sealer: Aes256GcmSiv::new(key.expose_secret().into()), opener })
+        Self::keyed(Plain::create(path, "floor/v1")?, tenant, key)
     }
 
     fn open(path: &std::path::Path, tenant: TenantId, key: &SecretKey) -> Result<Self, BoxErr> {
-        Self::with_db(Database::open(path)?, tenant, key)
+        Self::keyed(Plain::open(path)?, tenant, key)
+    }
+
+    fn keyed(store: Plain, tenant: TenantId, key: &SecretKey) -> Result<Self, BoxErr> {
+        let opener =
+            LessSafeKey::new(UnboundKey::new(&AES_256_GCM_SIV, key.expose_secret()).map_err(|_| "aws-lc key")?);
+        Ok(Floor { store, tenant, sealer: Aes256GcmSiv::new(key.expose_secret().into()), opener })
     }
 
     /// The vault's record associated data: label, tenant, key length and key, version.
@@ -158,20 +155,16 @@ impl Floor {
             .sealer
             .encrypt(&Nonce::from(nonce), Payload { msg: value, aad: &self.aad(key, 1) })
             .map_err(|_| "floor seal")?;
-        let bytes = postcard::to_stdvec(&FloorEnvelope { version: 1, nonce, ciphertext: &ciphertext })?;
-        let mut tx = self.db.begin_write()?;
-        tx.set_durability(redb::Durability::Immediate)?;
-        tx.open_table(RECORDS)?.insert(key, bytes.as_slice())?;
-        tx.commit()?;
-        Ok(())
+        self.store.put(key, &postcard::to_stdvec(&FloorEnvelope { version: 1, nonce, ciphertext: &ciphertext })?)
     }
 
+    /// Reads the envelope in place (no copy of the stored bytes, as the vault reads it) and opens it.
     fn get(&self, key: &str) -> Result<Plaintext, BoxErr> {
-        let tx = self.db.begin_read()?;
+        let tx = self.store.db.begin_read()?;
         let t = tx.open_table(RECORDS)?;
         let v = t.get(key)?.ok_or("missing record")?;
         let env: FloorEnvelope<'_> = postcard::from_bytes(v.value())?;
-        let (body, tag) = env.ciphertext.split_at(env.ciphertext.len().checked_sub(16).ok_or("short record")?);
+        let (body, tag) = env.ciphertext.split_at(env.ciphertext.len().checked_sub(TAG_LEN).ok_or("short record")?);
         let mut out = vec![0u8; body.len()];
         let nonce = aws_lc_rs::aead::Nonce::assume_unique_for_key(env.nonce);
         self.opener
@@ -231,7 +224,7 @@ fn main() -> Result<(), BoxErr> {
     let (floor_path, floor_key) = (dir.path().join("floor.redb"), SecretKey::random());
     let vault = Vault::create(&vault_path, tenant, &kek)?;
     let gate = BenchGate::new(tenant)?;
-    let plain = Plain::create(&plain_path)?;
+    let plain = Plain::create(&plain_path, "plain/v1")?;
     let mut value = vec![0u8; RECORD_LEN];
     rand::rngs::OsRng.fill_bytes(&mut value);
 
