@@ -9,9 +9,18 @@
 //! data port plus one, which is what the swtpm TCTI assumes; it is started with
 //! `--flags not-need-init,startup-clear` so it is usable without a separate init step; its state dir is
 //! absolute.
+//!
+//! Readiness is ownership, not reachability: a connect to the port succeeds just as well when another
+//! process (say, another test's swtpm that bound the port between our probe and our child's bind) holds
+//! it, while our child exits with a bind failure. So a start is complete only when the kernel's socket
+//! table (`/proc/self/net/tcp{,6}`) lists a LISTEN socket on each of the two ports, every such socket a
+//! connect to 127.0.0.1 could reach is one of our child's open files (`/proc/<pid>/fd`), and the child
+//! is still running after a short grace period. A port held by anyone else is [`SwtpmError::PortTaken`].
+//! Linux only, as is swtpm's use here.
 
+use std::collections::HashSet;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, Ipv6Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread::sleep;
@@ -48,6 +57,22 @@ pub enum SwtpmError {
     /// No pair of free loopback ports could be found.
     #[error("no free pair of loopback TCP ports for swtpm")]
     NoPorts(#[source] io::Error),
+    /// Another process listens on a port the swtpm was asked to use (data port or control port), so
+    /// connections to it would not reach the swtpm we started.
+    #[error("127.0.0.1:{port} is held by another process; pick another port for swtpm")]
+    PortTaken {
+        /// The port.
+        port: u16,
+    },
+    /// The kernel's socket tables could not be read, so whether our swtpm owns its port is unknown.
+    #[error("cannot check which process listens on 127.0.0.1:{port}")]
+    Ownership {
+        /// The data port.
+        port: u16,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// A running swtpm child process, killed when dropped.
@@ -60,26 +85,37 @@ pub struct Swtpm {
 
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 const START_ATTEMPTS: usize = 5;
+/// How long the child must keep running, owning both ports, before a start counts as done.
+const START_GRACE: Duration = Duration::from_millis(50);
 
 impl Swtpm {
     /// Starts a swtpm whose state lives in `state_dir` (created if missing), on a free pair of loopback
     /// ports. The state persists across restarts: starting again on the same dir is a power cycle of the
     /// same TPM (PCRs reset, NV and persistent objects kept, reset count incremented).
     pub fn start(state_dir: &Path) -> Result<Self, SwtpmError> {
+        Self::start_with_ports(state_dir, free_port_pair)
+    }
+
+    /// [`Swtpm::start`] with the port-pair picker as a parameter, so tests can hand it a taken port.
+    fn start_with_ports(
+        state_dir: &Path,
+        mut next_port: impl FnMut() -> Result<u16, SwtpmError>,
+    ) -> Result<Self, SwtpmError> {
         let mut last = None;
         for _ in 0..START_ATTEMPTS {
-            let port = free_port_pair()?;
+            let port = next_port()?;
             match Self::start_on(state_dir, port) {
                 Ok(s) => return Ok(s),
                 // Another process may have taken the port between our probe and swtpm's bind: retry.
-                Err(e @ SwtpmError::NotListening { .. }) => last = Some(e),
+                Err(e @ (SwtpmError::NotListening { .. } | SwtpmError::PortTaken { .. })) => last = Some(e),
                 Err(e) => return Err(e),
             }
         }
         Err(last.unwrap_or(SwtpmError::NoPorts(io::Error::other("no attempt made"))))
     }
 
-    /// Starts a swtpm on data port `port` (control port `port + 1`).
+    /// Starts a swtpm on data port `port` (control port `port + 1`). Fails with
+    /// [`SwtpmError::PortTaken`] when another process listens on either port.
     pub fn start_on(state_dir: &Path, port: u16) -> Result<Self, SwtpmError> {
         std::fs::create_dir_all(state_dir)
             .map_err(|source| SwtpmError::StateDir { path: state_dir.to_path_buf(), source })?;
@@ -106,30 +142,61 @@ impl Swtpm {
             .map_err(|e| {
                 if e.kind() == io::ErrorKind::NotFound { SwtpmError::NotInstalled } else { SwtpmError::Spawn(e) }
             })?;
+        // From here on, an error drops `me`, which kills and reaps the child.
         let mut me = Swtpm { child, port, state_dir };
-        me.wait_listening()?;
+        me.wait_listening(ctrl)?;
         Ok(me)
     }
 
-    fn wait_listening(&mut self) -> Result<(), SwtpmError> {
+    /// Waits until our child, and only our child, listens on `self.port` and `ctrl`, and has kept
+    /// running for [`START_GRACE`] since. The child stays unreaped until we kill it, so its pid cannot be
+    /// reused while we look at `/proc/<pid>/fd`.
+    fn wait_listening(&mut self, ctrl: u16) -> Result<(), SwtpmError> {
         let started = Instant::now();
-        let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, self.port);
+        let pid = self.child.id();
+        let mut owned_since: Option<Instant> = None;
+        // A port we saw held by another process during this start: the likely reason our child exits.
+        let mut taken: Option<u16> = None;
         loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(SwtpmError::NotListening {
-                    port: self.port,
-                    timeout_ms: started.elapsed().as_millis(),
-                    status: status.to_string(),
+            let exited = self.child.try_wait().ok().flatten();
+            let listeners = loopback_listeners().map_err(|source| SwtpmError::Ownership { port: self.port, source })?;
+            let ours = socket_inodes(pid);
+            let data = Holders::of(&listeners, self.port, &ours);
+            let control = Holders::of(&listeners, ctrl, &ours);
+            if let Some(p) = [(self.port, data), (ctrl, control)].into_iter().find(|(_, h)| h.others).map(|(p, _)| p) {
+                taken.get_or_insert(p);
+                // Our child shares the port with someone else (SO_REUSEPORT): connections would be split
+                // between the two. Nothing to wait for.
+                if data.ours || control.ours {
+                    return Err(SwtpmError::PortTaken { port: p });
+                }
+            }
+            if let Some(status) = exited {
+                return Err(match taken {
+                    Some(port) => SwtpmError::PortTaken { port },
+                    None => SwtpmError::NotListening {
+                        port: self.port,
+                        timeout_ms: started.elapsed().as_millis(),
+                        status: status.to_string(),
+                    },
                 });
             }
-            if TcpStream::connect_timeout(&addr.into(), Duration::from_millis(100)).is_ok() {
-                return Ok(());
+            if data.exclusively_ours() && control.exclusively_ours() {
+                // Alive when this round began and owning both ports now; done once that held for the grace.
+                if owned_since.get_or_insert_with(Instant::now).elapsed() >= START_GRACE {
+                    return Ok(());
+                }
+            } else {
+                owned_since = None;
             }
             if started.elapsed() > START_TIMEOUT {
-                return Err(SwtpmError::NotListening {
-                    port: self.port,
-                    timeout_ms: started.elapsed().as_millis(),
-                    status: "still running".into(),
+                return Err(match taken {
+                    Some(port) => SwtpmError::PortTaken { port },
+                    None => SwtpmError::NotListening {
+                        port: self.port,
+                        timeout_ms: started.elapsed().as_millis(),
+                        status: "still running".into(),
+                    },
                 });
             }
             sleep(Duration::from_millis(10));
@@ -173,6 +240,107 @@ impl Drop for Swtpm {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Who holds the LISTEN sockets on one port that a connect to 127.0.0.1 could reach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Holders {
+    /// At least one is an open file of our child.
+    ours: bool,
+    /// At least one is not.
+    others: bool,
+}
+
+impl Holders {
+    fn of(listeners: &[Listener], port: u16, ours: &HashSet<u64>) -> Self {
+        let mut h = Holders { ours: false, others: false };
+        for l in listeners.iter().filter(|l| l.port == port) {
+            // Inode 0 would be a socket no process holds open; it is not our child's either.
+            if l.inode != 0 && ours.contains(&l.inode) {
+                h.ours = true;
+            } else {
+                h.others = true;
+            }
+        }
+        h
+    }
+
+    fn exclusively_ours(self) -> bool {
+        self.ours && !self.others
+    }
+}
+
+/// A TCP socket in LISTEN state, bound to an address that accepts connections to 127.0.0.1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Listener {
+    port: u16,
+    inode: u64,
+}
+
+/// The listeners in this process' network namespace (the one our connects, and our child, use).
+fn loopback_listeners() -> io::Result<Vec<Listener>> {
+    let mut out = parse_proc_net_tcp(&std::fs::read_to_string("/proc/self/net/tcp")?);
+    // Absent when IPv6 is disabled: then no IPv6 socket can hold the port.
+    match std::fs::read_to_string("/proc/self/net/tcp6") {
+        Ok(text) => out.extend(parse_proc_net_tcp(&text)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    Ok(out)
+}
+
+/// Parses `/proc/net/tcp` or `/proc/net/tcp6` (`sl local_address rem_address st ... uid timeout inode`),
+/// keeping LISTEN (`0A`) sockets bound to 127.0.0.1, 0.0.0.0, `::` (may be dual-stack) or the
+/// IPv4-mapped forms of the first two. The kernel prints each 32-bit word of an address as a native-endian
+/// hex number and the port as plain hex. Lines that do not parse are skipped.
+fn parse_proc_net_tcp(text: &str) -> Vec<Listener> {
+    const LISTEN: &str = "0A";
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (local, state, inode) = (f.get(1)?, f.get(3)?, f.get(9)?);
+            if *state != LISTEN {
+                return None;
+            }
+            let (addr, port) = local.split_once(':')?;
+            let port = u16::from_str_radix(port, 16).ok()?;
+            let inode = inode.parse().ok()?;
+            let mut bytes = Vec::with_capacity(16);
+            for word in addr.as_bytes().chunks(8) {
+                let word = std::str::from_utf8(word).ok()?;
+                bytes.extend_from_slice(&u32::from_str_radix(word, 16).ok()?.to_ne_bytes());
+            }
+            let reaches_loopback = match bytes.len() {
+                4 => {
+                    let a: [u8; 4] = bytes.try_into().ok()?;
+                    v4_reaches_loopback(Ipv4Addr::from(a))
+                }
+                16 => {
+                    let a: [u8; 16] = bytes.try_into().ok()?;
+                    let a = Ipv6Addr::from(a);
+                    a.is_unspecified() || a.to_ipv4_mapped().is_some_and(v4_reaches_loopback)
+                }
+                _ => return None,
+            };
+            reaches_loopback.then_some(Listener { port, inode })
+        })
+        .collect()
+}
+
+fn v4_reaches_loopback(a: Ipv4Addr) -> bool {
+    a == Ipv4Addr::LOCALHOST || a.is_unspecified()
+}
+
+/// The inodes of the sockets process `pid` has open. Empty once it has exited (a zombie has no files)
+/// or when its fd table cannot be read; entries that vanish while we read are skipped.
+fn socket_inodes(pid: u32) -> HashSet<u64> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return HashSet::new() };
+    dir.filter_map(|e| {
+        let target = std::fs::read_link(e.ok()?.path()).ok()?;
+        target.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+    })
+    .collect()
 }
 
 /// Finds a port `p` such that `p` and `p + 1` are both free on loopback right now. Asks the kernel first;
@@ -219,5 +387,118 @@ mod tests {
         // The state dir is reusable after a stop; the port may be reused too.
         let s2 = Swtpm::start_on(dir.path(), port).or_else(|_| Swtpm::start(dir.path())).unwrap();
         assert!(s2.state_dir().is_absolute());
+    }
+
+    /// Holds a loopback port with a plain listener (std sets SO_REUSEADDR, as swtpm does).
+    fn occupy() -> (TcpListener, u16) {
+        let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let port = l.local_addr().unwrap().port();
+        (l, port)
+    }
+
+    fn assert_owned_by(port: u16, pid: u32) {
+        let h = Holders::of(&loopback_listeners().unwrap(), port, &socket_inodes(pid));
+        assert!(h.exclusively_ours(), "port {port} not held by pid {pid} alone: {h:?}");
+    }
+
+    #[test]
+    fn start_on_refuses_a_data_port_held_by_a_listener() {
+        let (l, port) = occupy();
+        if port == u16::MAX {
+            return; // no control port; start_on rejects it before spawning
+        }
+        let dir = tempfile::tempdir().unwrap();
+        match Swtpm::start_on(dir.path(), port) {
+            Err(SwtpmError::PortTaken { port: p }) => assert_eq!(p, port),
+            other => panic!("expected PortTaken on {port}, got {other:?}"),
+        }
+        assert_owned_by(port, std::process::id());
+        drop(l);
+    }
+
+    #[test]
+    fn start_on_refuses_a_control_port_held_by_a_listener() {
+        let (l, ctrl) = occupy();
+        let Some(port) = ctrl.checked_sub(1) else { return };
+        let dir = tempfile::tempdir().unwrap();
+        match Swtpm::start_on(dir.path(), port) {
+            // The data port could, rarely, be someone else's too: either way not a success.
+            Err(SwtpmError::PortTaken { port: p }) => assert!(p == ctrl || p == port, "PortTaken on {p}"),
+            other => panic!("expected PortTaken on {ctrl}, got {other:?}"),
+        }
+        drop(l);
+    }
+
+    /// The race a reviewer saw: a second swtpm asked for the first one's port must fail, not "succeed"
+    /// by connecting to the first one, and the first must be left alone.
+    #[test]
+    fn start_on_refuses_a_port_held_by_another_swtpm() {
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let first = Swtpm::start(d1.path()).unwrap();
+        match Swtpm::start_on(d2.path(), first.port()) {
+            Err(SwtpmError::PortTaken { port }) => assert_eq!(port, first.port()),
+            other => panic!("expected PortTaken on {}, got {other:?}", first.port()),
+        }
+        assert_owned_by(first.port(), first.pid());
+        assert_owned_by(first.port() + 1, first.pid());
+    }
+
+    #[test]
+    fn start_retries_when_its_first_port_is_taken() {
+        let (_l, taken) = occupy();
+        let dir = tempfile::tempdir().unwrap();
+        let mut calls = 0;
+        let s = Swtpm::start_with_ports(dir.path(), || {
+            calls += 1;
+            if calls == 1 { Ok(taken) } else { free_port_pair() }
+        })
+        .unwrap();
+        assert!(calls >= 2);
+        assert_ne!(s.port(), taken);
+        assert_owned_by(s.port(), s.pid());
+        assert_owned_by(s.port() + 1, s.pid());
+    }
+
+    #[test]
+    fn parses_loopback_listeners_from_proc_net_tcp() {
+        let v4 = |a: [u8; 4]| format!("{:08X}", u32::from_ne_bytes(a));
+        let v6 = |a: Ipv6Addr| {
+            a.octets()
+                .chunks(4)
+                .map(|w| format!("{:08X}", u32::from_ne_bytes([w[0], w[1], w[2], w[3]])))
+                .collect::<String>()
+        };
+        let row = |local: String, port: u16, st: &str, inode: u64| {
+            format!(
+                "   0: {local}:{port:04X} 00000000:0000 {st} 00000000:00000000 00:00000000 00000000  1000  0 {inode} 1 0000000000000000 100 0 0 10 0"
+            )
+        };
+        let header = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode";
+        let tcp = [
+            header.to_string(),
+            row(v4([127, 0, 0, 1]), 0x1F90, "0A", 11),
+            row(v4([0, 0, 0, 0]), 0x1F91, "0A", 12),
+            row(v4([127, 0, 0, 1]), 0x1F92, "01", 13), // established: not a listener
+            row(v4([10, 0, 0, 1]), 0x1F93, "0A", 14),  // unreachable via 127.0.0.1
+            "garbage".to_string(),
+        ]
+        .join("\n");
+        assert_eq!(
+            parse_proc_net_tcp(&tcp),
+            [Listener { port: 0x1F90, inode: 11 }, Listener { port: 0x1F91, inode: 12 }]
+        );
+        let tcp6 = [
+            header.to_string(),
+            row(v6(Ipv6Addr::UNSPECIFIED), 80, "0A", 21),
+            row(v6(Ipv4Addr::LOCALHOST.to_ipv6_mapped()), 81, "0A", 22),
+            row(v6(Ipv6Addr::LOCALHOST), 82, "0A", 23), // ::1 is not 127.0.0.1
+        ]
+        .join("\n");
+        assert_eq!(parse_proc_net_tcp(&tcp6), [Listener { port: 80, inode: 21 }, Listener { port: 81, inode: 22 }]);
+        let ours = HashSet::from([11]);
+        let l = parse_proc_net_tcp(&tcp);
+        assert!(Holders::of(&l, 0x1F90, &ours).exclusively_ours());
+        assert_eq!(Holders::of(&l, 0x1F91, &ours), Holders { ours: false, others: true });
+        assert_eq!(Holders::of(&l, 0x1F92, &ours), Holders { ours: false, others: false });
     }
 }
