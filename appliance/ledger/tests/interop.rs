@@ -1,9 +1,13 @@
 //! Interoperability: receipts and checkpoint signatures made here verify with an independent ML-DSA-65
 //! implementation (pyca/cryptography >= 48, driven through tests/interop_check.py), and a checkpoint
-//! signed by pyca verifies here. Skipped, with the reason printed, when python3 or the module is absent.
+//! signed by pyca verifies here. The module is looked up first in the repository's git-ignored `.pyca`
+//! folder (where `scripts/install-deps --test-extras` puts it, since Debian 12's Python refuses a plain
+//! `pip install`), then in python3's own paths. Skipped, with the reason printed, when python3 or the
+//! module is absent.
 
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns: a failed setup step should panic
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use bulwark_ledger::note::SignedCheckpoint;
@@ -12,23 +16,56 @@ use bulwark_ledger::{
     SignerSeed, Target, TenantId,
 };
 
-fn pyca_available() -> Result<(), String> {
-    let out = Command::new("python3")
-        .args(["-c", "import cryptography, sys; v = tuple(int(x) for x in cryptography.__version__.split('.')[:2]); sys.exit(0 if v >= (48, 0) else 3)"])
+/// The project-local install made by `scripts/install-deps --test-extras`: `<repo>/.pyca`.
+fn local_pyca() -> PathBuf {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).ancestors().nth(2).unwrap(); // appliance/ledger -> repo
+    repo.join(".pyca")
+}
+
+/// `python3`, with the project-local install (when present) ahead of any PYTHONPATH already set and of
+/// the interpreter's own site-packages, so a system-wide install is used only when there is no local one.
+fn python3() -> Command {
+    let mut cmd = Command::new("python3");
+    let local = local_pyca();
+    if local.is_dir() {
+        let mut paths = vec![local];
+        if let Some(old) = std::env::var_os("PYTHONPATH") {
+            paths.extend(std::env::split_paths(&old));
+        }
+        cmd.env("PYTHONPATH", std::env::join_paths(paths).unwrap());
+    }
+    cmd
+}
+
+/// The version and location of the importable pyca/cryptography, when it is at least 48.
+fn pyca_available() -> Result<String, String> {
+    let out = python3()
+        .args(["-c", "import cryptography, sys; print(cryptography.__version__, 'from', cryptography.__file__); v = tuple(int(x) for x in cryptography.__version__.split('.')[:2]); sys.exit(0 if v >= (48, 0) else 3)"])
         .output()
         .map_err(|e| format!("python3 not runnable: {e}"))?;
+    let found = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     match out.status.code() {
-        Some(0) => Ok(()),
-        Some(3) => Err("pyca/cryptography older than 48".into()),
-        _ => Err(format!("pyca/cryptography not importable: {}", String::from_utf8_lossy(&out.stderr).trim())),
+        Some(0) => Ok(found),
+        Some(3) => Err(format!(
+            "pyca/cryptography older than 48 ({found}); run scripts/install-deps --test-extras to put a newer one in {}",
+            local_pyca().display()
+        )),
+        _ => Err(format!(
+            "pyca/cryptography not importable (run scripts/install-deps --test-extras to install it into {}): {}",
+            local_pyca().display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
     }
 }
 
 #[test]
 fn pyca_verifies_our_signatures_and_we_verify_theirs() {
-    if let Err(why) = pyca_available() {
-        eprintln!("SKIPPED interop test: {why}");
-        return;
+    match pyca_available() {
+        Ok(found) => eprintln!("interop test: using pyca/cryptography {found}"),
+        Err(why) => {
+            eprintln!("SKIPPED interop test: {why}");
+            return;
+        }
     }
     let d = tempfile::tempdir().unwrap();
     let tenant = TenantId::random().unwrap();
@@ -54,7 +91,7 @@ fn pyca_verifies_our_signatures_and_we_verify_theirs() {
     }
     gate.close().unwrap();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop_check.py");
-    let out = Command::new("python3").arg(script).arg(d.path()).output().unwrap();
+    let out = python3().arg(script).arg(d.path()).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "pyca check failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(stdout.lines().filter(|l| l.starts_with("ok ")).count(), 6, "{stdout}");
