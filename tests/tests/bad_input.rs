@@ -205,3 +205,64 @@ fn data_at_rest_holds_no_plaintext() {
         env.assert_get(who, &format!("record-{i}"), s);
     }
 }
+
+#[test]
+fn empty_stdin_is_refused_unless_asked_for_and_the_record_is_kept() {
+    let env = Env::new();
+    env.init();
+    let t = env.create_tenant("legal");
+    env.put(&t.id, "k", b"keep me");
+    let before = snapshot(&env.data_dir().join("tenants"));
+    // `run` gives the command an empty stdin (/dev/null): an upstream step that produced nothing.
+    env.run(&["vault", "put", "--tenant", &t.id, "k"]).fails_with(&["stdin is empty", "nothing was stored"]);
+    assert_eq!(snapshot(&env.data_dir().join("tenants")), before, "a refused put changed tenant files");
+    env.assert_get(&t.id, "k", b"keep me");
+    env.run(&["vault", "put", "--tenant", &t.id, "k", "--allow-empty"]).ok();
+    env.assert_get(&t.id, "k", b"");
+    let list = env.run(&["vault", "list", "--tenant", &t.id, "--json"]).ok().json();
+    assert_eq!(list["records"][0]["version"], 2, "{list}");
+}
+
+#[test]
+fn an_init_that_stopped_half_way_is_finished_by_init() {
+    let env = Env::new();
+    env.init();
+    let key = env.data_dir().join("appliance").join("key.sealed");
+    std::fs::remove_file(&key).expect("remove the appliance key");
+    env.run(&["tenant", "list"]).fails_with(&["not fully initialised", "bulwark init"]);
+    env.run(&["init", "--profile", "generic-x86-tpm2"]).fails_with(&["half initialised", "dev-swtpm"]);
+    env.run(&["init", "--danger-dev-unbound-executable"]).fails_with(&["half initialised", "development mode off"]);
+    assert!(!key.exists(), "a refused init wrote the appliance key");
+    let done = env.run(&["init", "--json"]).ok().json();
+    assert!(done["appliance_recovery_secret"].as_str().is_some_and(|s| s.len() == 71), "{done}");
+    assert!(key.is_file());
+    let t = env.create_tenant("legal");
+    env.put(&t.id, "k", b"after the finished init");
+    env.assert_get(&t.id, "k", b"after the finished init");
+    env.run(&["init"]).fails_with(&["already initialised"]);
+}
+
+#[test]
+fn init_refused_by_a_foreign_measurement_says_what_to_do_and_can_be_run_again() {
+    let mut env = Env::new();
+    // Something else measured into the runtime PCR in this boot cycle.
+    let foreign = [7u8; 32];
+    env.tpm.extend(15, &[("sha256", &foreign[..]), ("sha1", &foreign[..20])]);
+    env.run(&["init"]).fails_with(&["measured state changed", "reboot (or restart the TPM)"]);
+    env.run(&["init"]).fails_with(&["measured state changed"]);
+    // A new boot cycle: the PCR is back at its reset value, and init finishes.
+    env.tpm.restart();
+    env.init();
+    let t = env.create_tenant("legal");
+    env.put(&t.id, "k", b"v");
+    env.assert_get(&t.id, "k", b"v");
+}
+
+#[test]
+fn development_mode_is_refused_with_a_device_profile() {
+    let env = Env::new();
+    env.run(&["init", "--profile", "generic-x86-tpm2", "--danger-dev-unbound-executable"])
+        .fails_with(&["only for development profiles", "generic-x86-tpm2"]);
+    assert!(!env.data_dir().join("appliance.toml").exists(), "a refused init wrote the config");
+    env.init();
+}

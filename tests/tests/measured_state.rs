@@ -153,3 +153,39 @@ fn a_binary_replaced_within_the_boot_cycle_is_refused_until_the_measured_one_ret
     install(&original);
     assert_eq!(run_cmd(cmd(&["vault", "get", "--tenant", &id, "k1"]), None).ok().stdout, b"measured runtime");
 }
+
+#[test]
+fn the_appliance_key_reseals_after_a_legitimate_change_with_its_recovery_secret() {
+    let mut env = Env::new();
+    let init = env.run(&["init", "--json"]).ok().json();
+    let appliance_secret = init["appliance_recovery_secret"].as_str().expect("appliance_recovery_secret").to_string();
+    let t = env.create_tenant("legal");
+    env.put(&t.id, "k", b"before the change");
+
+    // A legitimate change of the measured runtime (a site note in the active profile), measured by the
+    // next boot cycle.
+    let profile = env.data_dir().join("profile.toml");
+    let mut text = std::fs::read_to_string(&profile).expect("profile.toml");
+    text.push_str("\n# site note: rack 4\n");
+    std::fs::write(&profile, text).expect("write profile.toml");
+    env.tpm.restart();
+    env.run(&["tenant", "create", "ops"]).fails_with(&["measured state changed", "appliance reseal"]);
+    env.get(&t.id, "k").fails_with(&["measured state changed", "tenant reseal"]);
+
+    let secret_file = env.scratch().join("appliance-recovery.txt");
+    let path = secret_file.to_str().expect("utf-8");
+    // The tenant's secret is not the appliance's.
+    std::fs::write(&secret_file, &t.recovery).expect("write");
+    env.run(&["appliance", "reseal", "--recovery-secret-file", path]).fails_with(&["does not match the appliance key"]);
+    std::fs::write(&secret_file, &appliance_secret).expect("write");
+    env.run(&["appliance", "reseal", "--recovery-secret-file", path]).ok();
+    let pubkey = env.run(&["appliance", "pubkey"]).ok().stdout;
+    assert!(String::from_utf8_lossy(&pubkey).contains("BEGIN PUBLIC KEY"));
+
+    std::fs::write(&secret_file, &t.recovery).expect("write");
+    env.run(&["tenant", "reseal", "--tenant", &t.id, "--recovery-secret-file", path]).ok();
+    env.assert_get(&t.id, "k", b"before the change");
+    let ops = env.create_tenant("ops");
+    env.put(&ops.id, "k", b"after the change");
+    env.assert_get(&ops.id, "k", b"after the change");
+}

@@ -72,7 +72,7 @@ pub enum TpmError {
     )]
     SrkMismatch,
     /// The measured state (PCRs) is not the one the object was sealed to.
-    #[error("measured state changed: {bank} PCR {} differ from the values the key was sealed to", join(changed))]
+    #[error("measured state changed: {bank} {} from the values the key was sealed to", pcrs_differ(changed))]
     MeasuredStateChanged {
         /// The bank the policy binds.
         bank: PcrBank,
@@ -160,6 +160,11 @@ pub enum TpmError {
 
 fn join(v: &[u8]) -> String {
     v.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(",")
+}
+
+/// "PCR 7 differs" or "PCRs 4,7 differ".
+fn pcrs_differ(v: &[u8]) -> String {
+    if v.len() == 1 { format!("PCR {} differs", join(v)) } else { format!("PCRs {} differ", join(v)) }
 }
 
 /// TPMS_CLOCK_INFO from TPM2_ReadClock.

@@ -9,7 +9,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use bulwark_boot::profile::HwProfile;
+use bulwark_boot::profile::{HwProfile, TpmExpectation};
 use bulwark_ledger::oar::{Actor, Commitment, Digest, OarDraft, OpKind, Outcome, Role, RuntimeState, Target};
 use bulwark_ledger::signer::KeyError;
 use bulwark_ledger::{Attested, Gate, Hash, LedgerError, LedgerPublicKey, LedgerSigner, Receipt, SignerSeed};
@@ -66,11 +66,44 @@ pub enum ApplianceError {
     #[error("tenant {0} was deleted: its key is shredded in the TPM and cannot be unsealed")]
     Shredded(TenantId),
     /// The appliance's own key no longer unseals: the measured state changed.
-    #[error("measured state changed: the appliance signing key is sealed to a different machine state ({0})")]
+    #[error(
+        "measured state changed: the appliance signing key is sealed to a different machine state ({0}); \
+         if the change was legitimate, run `bulwark appliance reseal --recovery-secret-file F` with the \
+         appliance key recovery secret `init` printed"
+    )]
     ApplianceStateChanged(String),
     /// The recovery secret is wrong.
     #[error("the recovery secret does not match tenant {0}")]
     WrongRecoverySecret(TenantId),
+    /// The appliance key recovery secret is wrong.
+    #[error("the recovery secret does not match the appliance key (it is the one `init` printed)")]
+    WrongApplianceRecoverySecret,
+    /// The appliance's sealed signing key is damaged or was not sealed by this TPM.
+    #[error("the appliance key {path} is corrupt or was not sealed by this TPM")]
+    ApplianceKeyCorrupt {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A previous `init` of this data dir stopped before the appliance key existed.
+    #[error("{0} was not fully initialised (no appliance key): run `bulwark init` again to finish it")]
+    Unfinished(std::path::PathBuf),
+    /// `init` was asked for something that contradicts the half-initialised data dir it would finish.
+    #[error("{dir} is half initialised with {what}; run `bulwark init` with the same settings, or remove it")]
+    UnfinishedMismatch {
+        /// The data dir.
+        dir: std::path::PathBuf,
+        /// What differs.
+        what: String,
+    },
+    /// Development mode was asked for with a profile that expects a real TPM.
+    #[error(
+        "--danger-dev-unbound-executable is only for development profiles on a swtpm (such as dev-swtpm); \
+         profile {0:?} expects a TPM device"
+    )]
+    DevModeNeedsSwtpm(String),
     /// The recovery secret text is malformed.
     #[error("a recovery secret is 64 hex digits (dashes and spaces are ignored)")]
     BadRecoverySecret,
@@ -344,7 +377,10 @@ impl Appliance {
         danger_dev_unbound_executable: bool,
     ) -> Result<(Self, RecoverySecret), ApplianceError> {
         if dd.is_initialised() {
-            return Err(DataDirError::AlreadyInitialised(dd.root().to_path_buf()).into());
+            if dd.appliance_dir().join("key.sealed").exists() {
+                return Err(DataDirError::AlreadyInitialised(dd.root().to_path_buf()).into());
+            }
+            return Self::finish_init(dd, tpm_choice, profile_choice, danger_dev_unbound_executable);
         }
         let default = if tpm_choice.starts_with("device:")
             || (tpm_choice == "auto" && std::path::Path::new(crate::machine::TPM_DEVICE).exists())
@@ -354,6 +390,9 @@ impl Appliance {
             "dev-swtpm"
         };
         let (profile, bytes) = resolve_profile(profile_choice.unwrap_or(default))?;
+        if danger_dev_unbound_executable && !matches!(profile.tpm(), TpmExpectation::Swtpm) {
+            return Err(ApplianceError::DevModeNeedsSwtpm(profile.id().to_string()));
+        }
         let config = ApplianceConfig {
             layout_version: LAYOUT_VERSION,
             profile: profile.id().to_string(),
@@ -367,13 +406,48 @@ impl Appliance {
             machine.tpm.ensure_srk()?;
         }
         dd.initialise(&config, &bytes)?;
+        // From here on a failure leaves a half-initialised dir (its config is measured into the runtime
+        // PCR by the next step, so it must stay as written): `init` run again finishes it.
         let mut me = Self::open_unchecked(dd, tpm_choice)?;
         let recovery = me.create_appliance_key()?;
         Ok((me, recovery))
     }
 
+    /// `init` on a data dir whose config exists but whose appliance key does not (an earlier `init`
+    /// stopped after writing its config): measures with that config and creates the appliance key.
+    /// Settings given now must not contradict the ones written.
+    fn finish_init(
+        dd: DataDir,
+        tpm_choice: &str,
+        profile_choice: Option<&str>,
+        danger_dev_unbound_executable: bool,
+    ) -> Result<(Self, RecoverySecret), ApplianceError> {
+        let (_, config) = dd.load_config()?;
+        let mismatch = |what: String| ApplianceError::UnfinishedMismatch { dir: dd.root().to_path_buf(), what };
+        if let Some(choice) = profile_choice {
+            let (wanted, _) = resolve_profile(choice)?;
+            if wanted.id() != config.profile {
+                return Err(mismatch(format!("profile {:?}, not {:?}", config.profile, wanted.id())));
+            }
+        }
+        if danger_dev_unbound_executable != config.danger_dev_unbound_executable {
+            let state = if config.danger_dev_unbound_executable { "on" } else { "off" };
+            return Err(mismatch(format!("development mode {state}")));
+        }
+        let mut me = Self::open_unchecked(dd, tpm_choice)?;
+        // An appliance ledger without a sealed key belongs to a seed that was never kept: nothing can
+        // sign for it or open it, so it is removed before the key is made again.
+        let dir = me.dd.appliance_dir();
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
+        }
+        let recovery = me.create_appliance_key()?;
+        Ok((me, recovery))
+    }
+
     /// Creates the appliance's signing key (sealed like a tenant KEK, with its own liveness slot and
-    /// recovery secret) and its ledger.
+    /// recovery secret) and its ledger. The sealed key is written last: its presence marks the data dir
+    /// as fully initialised.
     fn create_appliance_key(&mut self) -> Result<RecoverySecret, ApplianceError> {
         let aid = self.appliance_id()?;
         let slot = self.registry_mut()?.allocate_slot()?;
@@ -384,11 +458,43 @@ impl Appliance {
         let sealed = self.machine.tpm.seal(seed.expose_secret(), &policy, &auth[..])?;
         let dir = self.dd.appliance_dir();
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-        let path = dir.join("key.sealed");
-        write_durable(&path, &sealed.to_bytes()).map_err(io(&path))?;
         let signer = LedgerSigner::appliance(aid, &seed)?;
         Gate::create(&dir.join("ledger"), signer, self.runtime_state()?)?.close()?;
+        let path = dir.join("key.sealed");
+        write_durable(&path, &sealed.to_bytes()).map_err(io(&path))?;
         Ok(recovery)
+    }
+
+    /// The appliance's sealed signing key, from `D/appliance/key.sealed`.
+    fn load_appliance_key(&self) -> Result<SealedObject, ApplianceError> {
+        let path = self.dd.appliance_dir().join("key.sealed");
+        let bytes = std::fs::read(&path).map_err(io(&path))?;
+        SealedObject::from_bytes(&bytes).map_err(|source| ApplianceError::ApplianceKeyCorrupt {
+            path: path.display().to_string(),
+            source: Box::new(source),
+        })
+    }
+
+    /// Reseals the appliance's signing key to the current measured state, through its recovery branch,
+    /// after a legitimate change of the binary, config or profile (and a reboot, so the new runtime is
+    /// measured). The key, its liveness slot and its recovery secret stay the same.
+    pub fn reseal_appliance(&mut self, recovery: &RecoverySecret) -> Result<(), ApplianceError> {
+        let aid = self.appliance_id()?;
+        let sealed = self.load_appliance_key()?;
+        let auth = recovery.auth_value_for(aid.as_bytes());
+        let seed = self.machine.tpm.unseal(&sealed, UnsealAuth::Recovery(&auth[..])).map_err(|e| match e {
+            TpmError::WrongRecoverySecret => ApplianceError::WrongApplianceRecoverySecret,
+            TpmError::ObjectCorrupt { .. } => ApplianceError::ApplianceKeyCorrupt {
+                path: self.dd.appliance_dir().join("key.sealed").display().to_string(),
+                source: Box::new(e),
+            },
+            other => ApplianceError::Tpm(other),
+        })?;
+        let policy = self.seal_policy_for(sealed.policy().liveness())?;
+        let resealed = self.machine.tpm.seal(seed.expose_secret(), &policy, &auth[..])?;
+        let path = self.dd.appliance_dir().join("key.sealed");
+        write_durable(&path, &resealed.to_bytes()).map_err(io(&path))?;
+        Ok(())
     }
 
     fn appliance_id(&self) -> Result<ApplianceId, ApplianceError> {
@@ -404,17 +510,21 @@ impl Appliance {
     /// Opens the appliance ledger: unseals the appliance's signing key (the measured state must hold).
     pub fn appliance_ledger(&mut self) -> Result<ApplianceLedger, ApplianceError> {
         let aid = self.appliance_id()?;
-        let path = self.dd.appliance_dir().join("key.sealed");
-        let bytes = std::fs::read(&path).map_err(io(&path))?;
-        let sealed = SealedObject::from_bytes(&bytes)
-            .map_err(|e| ApplianceError::Profile(format!("the appliance key {} is corrupt: {e}", path.display())))?;
+        let sealed = self.load_appliance_key()?;
         let secret = self.machine.tpm.unseal(&sealed, UnsealAuth::MeasuredState).map_err(|e| match e {
             TpmError::MeasuredStateChanged { .. } => ApplianceError::ApplianceStateChanged(e.to_string()),
+            TpmError::ObjectCorrupt { .. } => ApplianceError::ApplianceKeyCorrupt {
+                path: self.dd.appliance_dir().join("key.sealed").display().to_string(),
+                source: Box::new(e),
+            },
             other => ApplianceError::Tpm(other),
         })?;
         let mut raw = Zeroizing::new([0u8; 32]);
         if secret.expose_secret().len() != 32 {
-            return Err(ApplianceError::Profile("the appliance key does not unseal to 32 bytes".into()));
+            return Err(ApplianceError::ApplianceKeyCorrupt {
+                path: self.dd.appliance_dir().join("key.sealed").display().to_string(),
+                source: "it does not unseal to 32 bytes".into(),
+            });
         }
         raw.copy_from_slice(secret.expose_secret());
         let seed = SignerSeed::from_bytes(&mut raw);
@@ -426,14 +536,10 @@ impl Appliance {
     /// Opens a provisioned appliance: loads config and profile, opens the TPM and runs the runtime
     /// measurement stage (first run in a TPM boot cycle measures, later runs verify).
     pub fn open(dd: DataDir, tpm_choice: &str) -> Result<Self, ApplianceError> {
-        let me = Self::open_unchecked(dd, tpm_choice)?;
-        if !me.dd.appliance_dir().join("key.sealed").exists() {
-            return Err(ApplianceError::Profile(format!(
-                "{} was not fully initialised (no appliance key); remove it and run init again",
-                me.dd.root().display()
-            )));
+        if dd.is_initialised() && !dd.appliance_dir().join("key.sealed").exists() {
+            return Err(ApplianceError::Unfinished(dd.root().to_path_buf()));
         }
-        Ok(me)
+        Self::open_unchecked(dd, tpm_choice)
     }
 
     fn open_unchecked(dd: DataDir, tpm_choice: &str) -> Result<Self, ApplianceError> {
@@ -493,7 +599,11 @@ impl Appliance {
     /// The seal policy for a tenant in `slot`: the profile's bound PCRs at their current values, and the
     /// slot's liveness bit.
     fn seal_policy(&mut self, slot: SlotNumber) -> Result<SealPolicy, ApplianceError> {
-        let liveness = liveness_of(slot)?;
+        self.seal_policy_for(liveness_of(slot)?)
+    }
+
+    /// [`Appliance::seal_policy`] for a liveness slot already known.
+    fn seal_policy_for(&mut self, liveness: LivenessSlot) -> Result<SealPolicy, ApplianceError> {
         self.machine.tpm.liveness_ensure_index(liveness.index_no())?;
         let bank = crate::measure::tpm_bank(self.profile.seal_bank());
         let pcrs = self
@@ -546,9 +656,7 @@ impl Appliance {
         let sealed_path = dir.join("kek.sealed");
         write_durable(&sealed_path, &sealed.to_bytes()).map_err(io(&sealed_path))?;
         let vault = Vault::create(&dir.join("vault.redb"), id, &kek)?;
-        let mut seed_copy = Zeroizing::new(seed.expose_secret().to_vec());
-        let seed_key = SecretKey::take_from(&mut seed_copy[..])
-            .ok_or_else(|| ApplianceError::Profile("signing seed is not 32 bytes".into()))?;
+        let seed_key = SecretKey::copy_of(seed.expose_secret());
         vault.put_secret(SIGNING_SEED, &seed_key)?;
         Gate::create(&dir.join("ledger"), signer, self.runtime_state()?)?.close()?;
         let record = TenantRecord { id, name: name.to_string(), created_unix: now_unix(), slot };

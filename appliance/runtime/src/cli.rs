@@ -59,8 +59,9 @@ pub struct InitArgs {
     /// Default: `generic-x86-tpm2` with a TPM device, `dev-swtpm` otherwise.
     #[arg(long)]
     pub profile: Option<String>,
-    /// DEVELOPMENT ONLY: do not bind tenants to this executable's bytes, so they survive rebuilds.
-    /// Recorded in the measured config; tenants sealed this way never unseal in normal mode.
+    /// DEVELOPMENT ONLY, and only with a swtpm profile such as `dev-swtpm`: do not bind tenants to this
+    /// executable's bytes, so they survive rebuilds. Recorded in the measured config; tenants sealed this
+    /// way never unseal in normal mode. See docs/development-mode.md.
     #[arg(long)]
     pub danger_dev_unbound_executable: bool,
 }
@@ -110,13 +111,17 @@ pub enum TenantCmd {
 /// `bulwark vault …`.
 #[derive(Debug, Subcommand)]
 pub enum VaultCmd {
-    /// Store stdin under KEY.
+    /// Store stdin under KEY. Empty input is refused unless `--allow-empty` is given, so a failed pipe
+    /// never replaces a record with nothing.
     Put {
         /// Which tenant.
         #[command(flatten)]
         sel: TenantSel,
         /// Record key.
         key: String,
+        /// Store an empty value when stdin is empty.
+        #[arg(long)]
+        allow_empty: bool,
     },
     /// Print the record under KEY to stdout.
     Get {
@@ -167,6 +172,13 @@ pub enum LedgerCmd {
 pub enum ApplianceCmd {
     /// Print the appliance's ML-DSA-65 public key (SPKI PEM), which signs the appliance ledger.
     Pubkey,
+    /// Reseal the appliance's signing key to the current measured state after a legitimate change
+    /// (update of the binary, config or profile), using the recovery secret `init` printed.
+    Reseal {
+        /// Read the appliance key recovery secret from this file (`-` for stdin).
+        #[arg(long)]
+        recovery_secret_file: PathBuf,
+    },
 }
 
 /// `bulwark boot …`.
@@ -184,7 +196,7 @@ pub enum BootCmd {
 pub enum TpmCmd {
     /// Compute a PolicyPCR digest (sha256 policy session) offline from PCR values.
     PolicyPcr {
-        /// PCR bank the values come from: sha1, sha256 or sha384.
+        /// PCR bank the values come from: sha1, sha256, sha384 or sha512.
         #[arg(long)]
         bank: String,
         /// A PCR and its value, `INDEX=HEX`; repeat for each PCR.

@@ -1,6 +1,6 @@
 //! `bulwark`: the appliance's command-line entry point.
 
-use std::io::{Read, Write};
+use std::io::{IsTerminal, Read, Write};
 use std::process::ExitCode;
 
 use bulwark_appliance::appliance::{Appliance, RecoverySecret};
@@ -17,6 +17,7 @@ type Fallible = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
 fn main() -> ExitCode {
     report::init_logging();
+    report::install_panic_hook();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -31,12 +32,25 @@ fn tenant_id(s: &str) -> Result<TenantId, Box<dyn std::error::Error + Send + Syn
     s.parse::<TenantId>().map_err(|e| format!("--tenant: {e}").into())
 }
 
-fn read_stdin_value() -> Result<Zeroizing<Vec<u8>>, Box<dyn std::error::Error + Send + Sync>> {
+/// The value for `vault put`, read whole from stdin before anything is unsealed. Refused, with nothing
+/// stored: a terminal on stdin (the value must be piped in), an empty stdin unless `allow_empty` (an
+/// upstream command that failed would otherwise replace the record with nothing), and a value over the
+/// limit.
+fn read_stdin_value(allow_empty: bool) -> Result<Zeroizing<Vec<u8>>, Box<dyn std::error::Error + Send + Sync>> {
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        return Err("`vault put` reads the value from stdin: pipe or redirect it in \
+                    (e.g. `printf secret | bulwark vault put --tenant ID KEY`); nothing was stored"
+            .into());
+    }
     let mut buf = Zeroizing::new(Vec::new());
     let limit = u64::try_from(MAX_VALUE_LEN).unwrap_or(u64::MAX).saturating_add(1);
-    std::io::stdin().lock().take(limit).read_to_end(&mut buf)?;
+    stdin.lock().take(limit).read_to_end(&mut buf)?;
     if buf.len() > MAX_VALUE_LEN {
         return Err(format!("value on stdin is over the {MAX_VALUE_LEN}-byte limit; nothing was stored").into());
+    }
+    if buf.is_empty() && !allow_empty {
+        return Err("stdin is empty; nothing was stored (pass --allow-empty to store an empty value)".into());
     }
     Ok(buf)
 }
@@ -122,6 +136,17 @@ fn run(cli: Cli) -> Fallible {
             print!("{}", app.appliance_ledger()?.public_key().to_spki_pem());
             Ok(())
         }
+        Command::Appliance(ApplianceCmd::Reseal { recovery_secret_file }) => {
+            let secret = read_recovery(&recovery_secret_file)?;
+            let mut app = Appliance::open(DataDir::new(&cli.data_dir)?, &cli.tpm)?;
+            app.reseal_appliance(&secret)?;
+            if json {
+                println!("{}", json!({"resealed": "appliance"}));
+            } else {
+                println!("resealed the appliance signing key to the current measured state");
+            }
+            Ok(())
+        }
         Command::Tenant(cmd) => {
             let mut app = Appliance::open(DataDir::new(&cli.data_dir)?, &cli.tpm)?;
             tenant_cmd(&mut app, cmd, json)
@@ -202,9 +227,9 @@ fn tenant_cmd(app: &mut Appliance, cmd: TenantCmd, json: bool) -> Fallible {
 
 fn vault_cmd(app: &mut Appliance, cmd: VaultCmd, json: bool) -> Fallible {
     match cmd {
-        VaultCmd::Put { sel, key } => {
+        VaultCmd::Put { sel, key, allow_empty } => {
             let id = tenant_id(&sel.tenant)?;
-            let value = read_stdin_value()?;
+            let value = read_stdin_value(allow_empty)?;
             let t = app.unlock(id)?;
             let (version, receipt) = t.put(&key, &value)?;
             if json {

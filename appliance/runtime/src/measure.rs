@@ -19,7 +19,11 @@ pub const DEV_UNBOUND_EXECUTABLE_LABEL: &[u8] = b"bulwark: DEVELOPMENT MODE, exe
 #[derive(Debug, thiserror::Error)]
 pub enum MeasureError {
     /// The PCR or log says something other than what runs now: the measured state changed.
-    #[error("measured state changed: {0}")]
+    #[error(
+        "measured state changed: what runs now is not what this TPM boot cycle measured into the runtime PCR; \
+         after a legitimate update, reboot (or restart the TPM) so the new runtime is measured, then reseal \
+         with `bulwark appliance reseal` and `bulwark tenant reseal`"
+    )]
     StateChanged(#[source] RuntimeError<TpmError>),
     /// The stage could not run (TPM or file failure).
     #[error("runtime measurement failed")]

@@ -11,6 +11,20 @@ pub fn init_logging() {
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 
+/// Keeps the default panic report for real bugs, but not for the panics the vault catches and reports
+/// as an error of its own (the storage engine on a damaged file): those would print a Rust panic message,
+/// and with `RUST_BACKTRACE` a backtrace, before the clean error. They are logged at debug level instead.
+pub fn install_panic_hook() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if crate::vault::storage_panic_is_caught() {
+            tracing::debug!("storage engine panicked on a damaged file (reported as an error): {info}");
+            return;
+        }
+        default(info);
+    }));
+}
+
 /// Prints `error: …` and then each cause on its own line, once.
 pub fn print_error(e: &(dyn Error + 'static)) {
     eprintln!("error: {e}");
@@ -34,7 +48,7 @@ pub enum PolicyArgError {
     #[error("PCR {0} value is not hex")]
     Hex(u8),
     /// The bank is unknown.
-    #[error("unknown PCR bank {0:?}: use sha1, sha256 or sha384")]
+    #[error("unknown PCR bank {0:?}: use sha1, sha256, sha384 or sha512")]
     Bank(String),
     /// The same PCR twice.
     #[error("PCR {0} given twice")]

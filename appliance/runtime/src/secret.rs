@@ -21,6 +21,14 @@ impl SecretKey {
         SecretKey(k)
     }
 
+    /// A key holding a copy of `bytes` (the caller keeps and wipes its own).
+    pub fn copy_of(bytes: &[u8; 32]) -> Self {
+        // Copied into the heap box directly, so no stack temporary holds the key.
+        let mut k = Box::new([0u8; 32]);
+        k.copy_from_slice(bytes);
+        SecretKey(k)
+    }
+
     /// Takes a key out of `bytes`, which is zeroized whatever the outcome. Fails unless it is 32 bytes.
     pub fn take_from(bytes: &mut [u8]) -> Option<Self> {
         let out = if bytes.len() == 32 {

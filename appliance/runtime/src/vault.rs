@@ -349,7 +349,7 @@ impl GuardedDb {
         if let (Some(Store::Ro(_)), Some(path)) = (store.as_ref(), &self.upgrade) {
             // First write of a vault opened for writing: close the read-only handle, open read-write.
             let ro = store.take();
-            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(ro)));
+            let _ = caught(move || drop(ro));
             let start = Instant::now();
             let db = loop {
                 match Database::open(path) {
@@ -390,7 +390,7 @@ impl Drop for GuardedDb {
             std::mem::forget(db);
             return;
         }
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(store)));
+        let _ = caught(move || drop(store));
     }
 }
 
@@ -414,11 +414,30 @@ impl std::fmt::Debug for Vault {
     }
 }
 
+thread_local! {
+    /// How many storage calls this thread is inside whose panics [`caught`] turns into errors.
+    static CATCHING: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Whether a panic on this thread now is one the vault catches and reports as a clean error (redb
+/// panicking on a damaged file). A process-wide panic hook uses it to stay quiet about those.
+pub fn storage_panic_is_caught() -> bool {
+    CATCHING.with(|c| c.get() > 0)
+}
+
+/// Runs `f`, turning a panic into `Err`, with [`storage_panic_is_caught`] true meanwhile.
+fn caught<R>(f: impl FnOnce() -> R) -> std::thread::Result<R> {
+    CATCHING.with(|c| c.set(c.get().saturating_add(1)));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    CATCHING.with(|c| c.set(c.get().saturating_sub(1)));
+    r
+}
+
 /// Runs a storage operation, turning a panic inside the storage engine (it has panicked on some corrupt
 /// files) into [`VaultError::Corrupt`], so damage is reported as an error and never as a crash. When the
 /// store reports damage, `db` is marked damaged (never closed through redb).
 fn guarded<T>(db: Option<&GuardedDb>, f: impl FnOnce() -> Result<T, VaultError>) -> Result<T, VaultError> {
-    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+    let r = caught(f)
         .unwrap_or_else(|_| Err(VaultError::Corrupt("the storage engine failed on a damaged vault file".into())));
     if let (Some(db), Err(VaultError::Corrupt(_))) = (db, &r) {
         db.set_damaged(true);
@@ -582,7 +601,8 @@ impl Vault {
         guarded(Some(&self.db), || self.get_unguarded(key, memo))
     }
 
-    /// Lists every record's key, version and plaintext length, in key order.
+    /// Lists every record's key, version and plaintext length, in key order, after checking the keyed set
+    /// digest over every stored entry (no record is decrypted).
     pub fn list(&self, attested: &Attested) -> Result<Vec<RecordInfo>, VaultError> {
         self.check(attested, OpKind::VaultList, &Target::None)?;
         guarded(Some(&self.db), || self.list_unguarded())
@@ -784,16 +804,7 @@ impl Vault {
     }
 
     fn list_unguarded(&self) -> Result<Vec<RecordInfo>, VaultError> {
-        let tx = self.db.begin_read()?;
-        let records = tx.open_table(RECORDS).map_err(corrupt)?;
-        let mut out = Vec::new();
-        for item in records.iter().map_err(corrupt)? {
-            let (k, v) = item.map_err(corrupt)?;
-            let env = decode_envelope(v.value())?;
-            let len = env.ciphertext.len().saturating_sub(TAG_LEN);
-            out.push(RecordInfo { key: k.value().to_string(), version: env.version, len });
-        }
-        Ok(out)
+        self.scan(false)
     }
 
     fn delete_unguarded(&self, key: &str) -> Result<(), VaultError> {
@@ -857,21 +868,31 @@ impl Vault {
     }
 
     fn verify_unguarded(&self) -> Result<usize, VaultError> {
+        Ok(self.scan(true)?.len())
+    }
+
+    /// Every record's key, version and length, in key order, after checking the keyed set digest over
+    /// every stored entry (so a removed, renamed, duplicated or rolled-in entry is an error, not a
+    /// listing); with `authenticate`, every record and secret is also decrypted and checked.
+    fn scan(&self, authenticate: bool) -> Result<Vec<RecordInfo>, VaultError> {
         let tx = self.db.begin_read()?;
         let records = tx.open_table(RECORDS).map_err(corrupt)?;
         let meta = tx.open_table(META).map_err(corrupt)?;
         let stored = read_digest(&meta)?;
         let mut digest = [0u8; 32];
-        let mut n = 0usize;
+        let mut out = Vec::new();
         for item in records.iter().map_err(corrupt)? {
             let (k, v) = item.map_err(corrupt)?;
             let key = k.value();
             let env = decode_envelope(v.value())?;
-            self.cipher
-                .open(&aad(AAD_RECORD, &self.tenant, key, env.version), &env)
-                .ok_or_else(|| VaultError::Integrity(format!("record {key:?} does not authenticate")))?;
+            if authenticate {
+                self.cipher
+                    .open(&aad(AAD_RECORD, &self.tenant, key, env.version), &env)
+                    .ok_or_else(|| VaultError::Integrity(format!("record {key:?} does not authenticate")))?;
+            }
             xor_into(&mut digest, &entry_mac(&self.mac_key, "records", key, v.value()));
-            n += 1;
+            let len = env.ciphertext.len().saturating_sub(TAG_LEN);
+            out.push(RecordInfo { key: key.to_string(), version: env.version, len });
         }
         for item in meta.iter().map_err(corrupt)? {
             let (k, v) = item.map_err(corrupt)?;
@@ -882,10 +903,12 @@ impl Vault {
                     let Some(name) = slot.strip_prefix("secret/") else {
                         return Err(VaultError::Integrity(format!("unexpected metadata entry {slot:?}")));
                     };
-                    let env = decode_envelope(v.value())?;
-                    self.cipher
-                        .open(&aad(AAD_SECRET, &self.tenant, name, 0), &env)
-                        .ok_or_else(|| VaultError::Integrity(format!("secret {name:?} does not authenticate")))?;
+                    if authenticate {
+                        let env = decode_envelope(v.value())?;
+                        self.cipher
+                            .open(&aad(AAD_SECRET, &self.tenant, name, 0), &env)
+                            .ok_or_else(|| VaultError::Integrity(format!("secret {name:?} does not authenticate")))?;
+                    }
                     xor_into(&mut digest, &entry_mac(&self.mac_key, "meta", slot, v.value()));
                 }
             }
@@ -895,7 +918,7 @@ impl Vault {
                 "set digest mismatch: entries were removed, renamed or added outside the vault".into(),
             ));
         }
-        Ok(n)
+        Ok(out)
     }
 }
 
@@ -1172,6 +1195,57 @@ mod tests {
         cache.keep("absent", small.clone());
         cache.admit("absent", &small);
         assert!(!cache.slots.contains_key("absent"));
+    }
+
+    #[test]
+    fn a_caught_storage_panic_is_marked_while_it_unwinds() {
+        assert!(!storage_panic_is_caught());
+        let seen = std::sync::atomic::AtomicBool::new(false);
+        let r = caught(|| {
+            seen.store(storage_panic_is_caught(), std::sync::atomic::Ordering::SeqCst);
+            std::panic::resume_unwind(Box::new("storage engine"));
+        });
+        assert!(r.is_err());
+        assert!(seen.load(std::sync::atomic::Ordering::SeqCst), "inside: marked");
+        assert!(!storage_panic_is_caught(), "after: no longer marked");
+        let e = guarded(None, || -> Result<(), VaultError> { std::panic::resume_unwind(Box::new(1u8)) });
+        assert!(matches!(e, Err(VaultError::Corrupt(_))));
+    }
+
+    #[test]
+    fn list_refuses_a_record_renamed_or_removed_outside_the_vault() {
+        let (_d, p, t, kek) = fresh();
+        let g = gate_for(t);
+        let v = Vault::create(&p, t, &kek).unwrap();
+        v.t_put(&g, "k1", b"one").unwrap();
+        v.t_put(&g, "k2", b"two").unwrap();
+        let k1 = {
+            let tx = v.db.begin_read().unwrap();
+            tx.open_table(RECORDS).unwrap().get("k1").unwrap().unwrap().value().to_vec()
+        };
+        let raw = |remove: &str, insert: Option<(&str, &[u8])>| {
+            let tx = v.db.begin_write().unwrap();
+            {
+                let mut records = tx.open_table(RECORDS).unwrap();
+                records.remove(remove).unwrap();
+                if let Some((key, bytes)) = insert {
+                    records.insert(key, bytes).unwrap();
+                }
+            }
+            tx.commit().unwrap();
+        };
+        // Renamed on disk (the stored bytes moved to another key): listed as an error, not as "j1".
+        raw("k1", Some(("j1", &k1)));
+        assert!(matches!(v.t_list(&g), Err(VaultError::Integrity(m)) if m.contains("set digest")));
+        // Removed on disk: also an error.
+        raw("j1", None);
+        assert!(matches!(v.t_list(&g), Err(VaultError::Integrity(_))));
+        // Put back as it was: listed again.
+        let tx = v.db.begin_write().unwrap();
+        tx.open_table(RECORDS).unwrap().insert("k1", k1.as_slice()).unwrap();
+        tx.commit().unwrap();
+        let keys: Vec<String> = v.t_list(&g).unwrap().into_iter().map(|r| r.key).collect();
+        assert_eq!(keys, ["k1", "k2"]);
     }
 
     #[test]
