@@ -411,6 +411,8 @@ pub struct Tenant {
     pub name: String,
     /// Its one-time recovery secret text.
     pub recovery: String,
+    /// Its TPM liveness slot number (`liveness_slot` in `tenant create --json`).
+    pub slot: u64,
 }
 
 impl Default for Env {
@@ -494,7 +496,8 @@ impl Env {
         assert!(id.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()), "tenant id {id:?}");
         assert_eq!(v["name"].as_str(), Some(name));
         let recovery = v["recovery_secret"].as_str().expect("recovery_secret").to_string();
-        Tenant { id, name: name.to_string(), recovery }
+        let slot = v["liveness_slot"].as_u64().expect("liveness_slot");
+        Tenant { id, name: name.to_string(), recovery, slot }
     }
 
     /// `vault put --tenant ID KEY` with `value` on stdin; must succeed.

@@ -640,6 +640,20 @@ fn deleted_tenant_restored_from_a_full_backup_stays_sealed() {
     env.run(&["tenant", "delete", "--tenant", &a.id]).ok();
     env.get(&a.id, "k").fails_with(&["no tenant"]);
 
+    // Whoever can talk to the TPM cannot undo the deletion by undefining the liveness index (to define it
+    // again with the same attributes, hence the same name, every bit clear): init took ownership, so the
+    // empty owner authorization no longer works.
+    let slot = u32::try_from(a.slot).expect("slot");
+    let index = bulwark_tpm::LivenessSlot::from_counter(slot).expect("liveness slot").nv_handle();
+    let undefine =
+        env.tpm.tpm2("tpm2_nvundefine").args(["-C", "o", &format!("{index:#x}")]).output().expect("tpm2_nvundefine");
+    assert!(
+        !undefine.status.success(),
+        "the liveness index {index:#x} was undefined with the empty owner authorization"
+    );
+    let stderr = String::from_utf8_lossy(&undefine.stderr);
+    assert!(stderr.contains("auth") || stderr.contains("AUTH"), "{stderr}");
+
     std::fs::remove_dir_all(&d).expect("remove data dir");
     copy_tree(&backup, &d);
     assert!(d.join("tenants").join(&a.id).join("kek.sealed").is_file());

@@ -30,7 +30,8 @@ pub(crate) type Tr = sys::ESYS_TR;
 /// The password session (empty or `TR_SetAuth` value, no HMAC).
 pub(crate) const PASSWORD: Tr = sys::ESYS_TR_PASSWORD;
 const NONE: Tr = sys::ESYS_TR_NONE;
-const RH_OWNER: Tr = sys::ESYS_TR_RH_OWNER;
+/// The owner hierarchy; its authValue is whatever [`Esys::tr_set_auth`] last set on this connection.
+pub(crate) const RH_OWNER: Tr = sys::ESYS_TR_RH_OWNER;
 
 // TPM_SE (Part 2, 6.11) and TPMA_SESSION (Part 2, 8.4) values.
 const SE_HMAC: u8 = 0x00;
@@ -646,6 +647,16 @@ impl Esys {
         let name = name.read("TPM2_NV_ReadPublic")?;
         let name = name.name[..usize::from(name.size).min(name.name.len())].to_vec();
         Ok((wire.get(2..).unwrap_or_default().to_vec(), name))
+    }
+
+    /// TPM2_HierarchyChangeAuth of the owner hierarchy to `new_auth`, authorized (password session) by the
+    /// owner authValue currently set on this connection.
+    pub(crate) fn owner_change_auth(&mut self, new_auth: &[u8]) -> R<()> {
+        let mut a = digest2b("TPM2_HierarchyChangeAuth", new_auth)?;
+        // SAFETY: `ctx` is valid; `a` is a valid TPM2B_AUTH the call copies.
+        let rc = unsafe { sys::Esys_HierarchyChangeAuth(self.ctx, RH_OWNER, PASSWORD, NONE, NONE, &a) };
+        a.buffer.zeroize();
+        check("TPM2_HierarchyChangeAuth", rc)
     }
 
     /// TPM2_NV_SetBits by the owner.

@@ -16,6 +16,7 @@ use crate::esys::{Esys, EsysError, SessionKind, Tr};
 use crate::lock::{Held, lock_path, open_lock_file};
 use crate::policy::{self, NvOperation, NvPublic, PcrBank, PcrIndex, PcrValues, PolicyDigest, PolicyError, nv_attr};
 use crate::rc::{TpmRc, codes};
+use crate::secret::SecretBytes;
 use crate::tcti::TctiSpec;
 
 /// The TCG-recommended persistent handle of the storage root key (TCG TPM v2.0 Provisioning
@@ -104,6 +105,12 @@ pub enum TpmError {
     /// The recovery branch was tried with the wrong secret.
     #[error("wrong recovery secret")]
     WrongRecoverySecret,
+    /// The owner hierarchy's authorization is not the one given.
+    #[error("the TPM's owner authorization is not the one expected ({rc})")]
+    OwnerAuthMismatch {
+        /// The TPM's response.
+        rc: TpmRc,
+    },
     /// The policy failed although the PCRs match the sealed values.
     #[error(
         "the sealed object's policy is not satisfied although the PCRs match ({rc}); was the liveness NV index redefined?"
@@ -305,6 +312,8 @@ struct Conn {
     esys: Esys,
     /// ESYS_TRs of persistent objects and NV indices opened on this connection, by TPM handle.
     trs: HashMap<u32, Tr>,
+    /// A non-empty owner authValue is set on this connection's owner handle (during one operation).
+    owner_auth_set: bool,
 }
 
 struct State {
@@ -312,6 +321,8 @@ struct State {
     lock_file: File,
     conn: Option<Conn>,
     cache: Cache,
+    /// The owner hierarchy's authorization, when it is not empty (see [`Tpm::set_owner_auth`]).
+    owner_auth: Option<SecretBytes>,
 }
 
 /// A TPM 2.0, reached through [`TctiSpec`]. `Send + Sync`: operations are serialized by a mutex
@@ -589,7 +600,7 @@ impl Tpm {
                 SessionEncryption::Always => true,
                 SessionEncryption::Auto => !spec.is_loopback_swtpm(),
             },
-            state: Mutex::new(State { lock_file, conn: None, cache: Cache::default() }),
+            state: Mutex::new(State { lock_file, conn: None, cache: Cache::default(), owner_auth: None }),
         };
         tpm.clock_info()?;
         Ok(tpm)
@@ -598,6 +609,37 @@ impl Tpm {
     /// The endpoint.
     pub fn spec(&self) -> &TctiSpec {
         &self.spec
+    }
+
+    /// The owner hierarchy's authorization for the owner-authorized commands that follow (the SRK's
+    /// creation, NV define, liveness writes); `None` for an empty one, as a TPM has after a clear.
+    pub fn set_owner_auth(&self, auth: Option<SecretBytes>) {
+        let mut guard = match self.state.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        guard.owner_auth = auth.filter(|a| !a.is_empty());
+    }
+
+    /// TPM2_HierarchyChangeAuth of the owner hierarchy from `from` to `to` (either may be empty). With
+    /// `from == to` this changes nothing and only proves `from` is the current authorization. A wrong
+    /// `from` is [`TpmError::OwnerAuthMismatch`]; owner authorization is not dictionary-attack protected,
+    /// so a wrong guess costs nothing. Afterwards [`Tpm::set_owner_auth`] still decides what later
+    /// commands use.
+    pub fn change_owner_auth(&self, from: &[u8], to: &[u8]) -> Result<(), TpmError> {
+        self.op(|op| {
+            op.esys.tr_set_auth(crate::esys::RH_OWNER, from).map_err(|e| op.err(e))?;
+            let changed = op.esys.owner_change_auth(to);
+            // Back to what `op` set (the next operation sets it again in any case).
+            op.esys.tr_set_auth(crate::esys::RH_OWNER, &[]).map_err(|e| op.err(e))?;
+            changed.map_err(|e| {
+                if e.rc.is_from_tpm() && matches!(e.rc.base(), codes::BAD_AUTH | codes::AUTH_FAIL) {
+                    TpmError::OwnerAuthMismatch { rc: e.rc }
+                } else {
+                    op.err(e)
+                }
+            })
+        })
     }
 
     /// Whether this `Tpm` salts its sessions for parameter encryption.
@@ -634,9 +676,17 @@ impl Tpm {
                 rc: e.rc,
                 hint: self.spec.start_hint(),
             })?;
-            state.conn = Some(Conn { esys, trs: HashMap::new() });
+            state.conn = Some(Conn { esys, trs: HashMap::new(), owner_auth_set: false });
         }
         let Some(conn) = state.conn.as_mut() else { return Err(TpmError::Unexpected("connection state")) };
+        // The owner authValue is local ESAPI state (no TPM round trip): set for this operation only, and
+        // overwritten in ESAPI's memory when it ends (below), so it does not outlive the operation there.
+        if let Some(auth) = &state.owner_auth {
+            conn.esys
+                .tr_set_auth(crate::esys::RH_OWNER, auth.expose_secret())
+                .map_err(|e| esys_error(&self.spec, e))?;
+            conn.owner_auth_set = true;
+        }
         let mut op = Op {
             esys: &mut conn.esys,
             trs: &mut conn.trs,
@@ -645,6 +695,11 @@ impl Tpm {
             encrypt: self.encrypt,
         };
         let result = f(&mut op);
+        if conn.owner_auth_set {
+            // Best effort: a broken connection is dropped below, and ESAPI's copy with it.
+            let _ = conn.esys.tr_set_auth(crate::esys::RH_OWNER, &[]);
+            conn.owner_auth_set = false;
+        }
         let flushed = conn.esys.flush_all();
         let broken = matches!(result, Err(TpmError::Unreachable { .. })) || flushed.is_err();
         if broken || !self.spec.multiplexes() {
@@ -1085,6 +1140,36 @@ mod tests {
         tpm2_tool(&tcti, dir.path(), &["tpm2_flushcontext", "s.ctx"]);
         let offline = policy_authorize(&key_name, b"bulwark-runtime");
         assert_eq!(std::fs::read(dir.path().join("az.bin")).unwrap(), offline.to_vec(), "{printed}");
+    }
+
+    #[test]
+    fn an_owner_authorization_guards_liveness_indices_and_is_proved_by_a_null_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let (sw, tpm) = start(&dir.path().join("state"));
+        tpm.ensure_srk().unwrap();
+        tpm.liveness_ensure_index(0).unwrap();
+        let auth = [0x5a_u8; 32];
+        tpm.change_owner_auth(&[], &auth).unwrap();
+        // The empty authorization no longer works, for us or for tpm2-tools.
+        assert!(matches!(tpm.change_owner_auth(&[], &[]), Err(TpmError::OwnerAuthMismatch { .. })));
+        assert!(tpm.liveness_ensure_index(1).is_err());
+        let out = Command::new("tpm2_nvundefine")
+            .env("TPM2TOOLS_TCTI", sw.tcti())
+            .env("TSS2_LOG", "all+NONE")
+            .args(["-C", "o", &format!("{:#x}", LIVENESS_NV_BASE)])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "the liveness index was undefined with an empty owner authorization");
+        // With it set, owner commands work; a change to itself proves it and changes nothing.
+        tpm.set_owner_auth(Some(SecretBytes::from_slice(&auth)));
+        tpm.liveness_ensure_index(1).unwrap();
+        tpm.liveness_kill(LivenessSlot::new(1, 3).unwrap()).unwrap();
+        tpm.change_owner_auth(&auth, &auth).unwrap();
+        assert!(!tpm.liveness_is_alive(LivenessSlot::new(1, 3).unwrap()).unwrap());
+        // And back to empty, as after a clear.
+        tpm.change_owner_auth(&auth, &[]).unwrap();
+        tpm.set_owner_auth(None);
+        tpm.liveness_ensure_index(2).unwrap();
     }
 
     #[test]

@@ -13,7 +13,7 @@ use bulwark_boot::profile::{HwProfile, TpmExpectation};
 use bulwark_ledger::oar::{Actor, Commitment, Digest, OarDraft, OpKind, Outcome, Role, RuntimeState, Target};
 use bulwark_ledger::signer::KeyError;
 use bulwark_ledger::{Attested, Gate, Hash, LedgerError, LedgerPublicKey, LedgerSigner, Receipt, SignerSeed};
-use bulwark_tpm::{LivenessSlot, PcrIndex, SealPolicy, SealedObject, TpmError, UnsealAuth};
+use bulwark_tpm::{LivenessSlot, PcrIndex, SealPolicy, SealedObject, SecretBytes, TpmError, UnsealAuth};
 use rand::RngCore;
 use sha2::Digest as _;
 use sha2::Sha256;
@@ -29,6 +29,9 @@ use crate::vault::{RecordInfo, RecordValue, Vault, VaultError};
 
 /// Where a tenant's ML-DSA-65 signing seed is kept: in its vault's metadata, encrypted under its DEK.
 pub const SIGNING_SEED: &str = "signing-seed";
+
+/// The TPM owner authorization `init` set, sealed like the appliance key: `D/appliance/owner.sealed`.
+const OWNER_SEALED: &str = "owner.sealed";
 
 /// What can go wrong running the appliance.
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +101,13 @@ pub enum ApplianceError {
         /// What differs.
         what: String,
     },
+    /// The TPM's owner hierarchy already has an authorization Bulwark did not set, so `init` cannot take
+    /// ownership of it.
+    #[error(
+        "this TPM's owner hierarchy already has an authorization value, so Bulwark cannot take ownership of \
+         it; give the appliance a TPM of its own (clear it in the firmware setup or with `tpm2_clear`)"
+    )]
+    OwnerAuthTaken,
     /// Development mode was asked for with a profile that expects a real TPM.
     #[error(
         "--danger-dev-unbound-executable is only for development profiles on a swtpm (such as dev-swtpm); \
@@ -404,6 +414,12 @@ impl Appliance {
         {
             let machine = Machine::open(tpm_choice, &dd)?;
             machine.tpm.ensure_srk()?;
+            // A change from empty to empty proves the owner authorization is still empty (nothing else
+            // owns this TPM), and changes nothing.
+            machine.tpm.change_owner_auth(&[], &[]).map_err(|e| match e {
+                TpmError::OwnerAuthMismatch { .. } => ApplianceError::OwnerAuthTaken,
+                other => ApplianceError::Tpm(other),
+            })?;
         }
         dd.initialise(&config, &bytes)?;
         // From here on a failure leaves a half-initialised dir (its config is measured into the runtime
@@ -435,6 +451,19 @@ impl Appliance {
             return Err(mismatch(format!("development mode {state}")));
         }
         let mut me = Self::open_unchecked(dd, tpm_choice)?;
+        // The unfinished init may have taken ownership already: give it back (its authorization is in
+        // `owner.sealed`), so the key is made again from the same starting point as a fresh init.
+        if let Some(owner) = me.unseal_owner_auth()? {
+            match me.machine.tpm.change_owner_auth(owner.expose_secret(), &[]) {
+                Ok(()) | Err(TpmError::OwnerAuthMismatch { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        me.machine.tpm.set_owner_auth(None);
+        me.machine.tpm.change_owner_auth(&[], &[]).map_err(|e| match e {
+            TpmError::OwnerAuthMismatch { .. } => ApplianceError::OwnerAuthTaken,
+            other => ApplianceError::Tpm(other),
+        })?;
         // An appliance ledger without a sealed key belongs to a seed that was never kept: nothing can
         // sign for it or open it, so it is removed before the key is made again.
         let dir = me.dd.appliance_dir();
@@ -446,8 +475,10 @@ impl Appliance {
     }
 
     /// Creates the appliance's signing key (sealed like a tenant KEK, with its own liveness slot and
-    /// recovery secret) and its ledger. The sealed key is written last: its presence marks the data dir
-    /// as fully initialised.
+    /// recovery secret) and its ledger, and takes ownership of the TPM: a random owner authorization,
+    /// sealed the same way (`owner.sealed`), so that nobody else can undefine a liveness index and
+    /// revive deleted tenants. The sealed key is written last: its presence marks the data dir as fully
+    /// initialised.
     fn create_appliance_key(&mut self) -> Result<RecoverySecret, ApplianceError> {
         let aid = self.appliance_id()?;
         let slot = self.registry_mut()?.allocate_slot()?;
@@ -458,6 +489,13 @@ impl Appliance {
         let sealed = self.machine.tpm.seal(seed.expose_secret(), &policy, &auth[..])?;
         let dir = self.dd.appliance_dir();
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        // Ownership: the sealed authorization is durable before the TPM uses it, so it is never lost.
+        let owner = SecretKey::random();
+        let owner_sealed = self.machine.tpm.seal(owner.expose_secret(), &policy, &auth[..])?;
+        let owner_path = dir.join(OWNER_SEALED);
+        write_durable(&owner_path, &owner_sealed.to_bytes()).map_err(io(&owner_path))?;
+        self.machine.tpm.change_owner_auth(&[], owner.expose_secret())?;
+        self.machine.tpm.set_owner_auth(Some(SecretBytes::from_slice(owner.expose_secret())));
         let signer = LedgerSigner::appliance(aid, &seed)?;
         Gate::create(&dir.join("ledger"), signer, self.runtime_state()?)?.close()?;
         let path = dir.join("key.sealed");
@@ -465,9 +503,47 @@ impl Appliance {
         Ok(recovery)
     }
 
+    /// The owner authorization `init` sealed in `D/appliance/owner.sealed`, unsealed; `None` for a data
+    /// dir that never took ownership.
+    fn unseal_owner_auth(&mut self) -> Result<Option<SecretBytes>, ApplianceError> {
+        let path = self.dd.appliance_dir().join(OWNER_SEALED);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let sealed = self.load_appliance_sealed(OWNER_SEALED)?;
+        let owner =
+            self.machine.tpm.unseal(&sealed, UnsealAuth::MeasuredState).map_err(|e| self.classify_appliance(e))?;
+        Ok(Some(owner))
+    }
+
+    /// Makes the owner-authorized commands that follow (liveness index define and writes) use the owner
+    /// authorization this appliance holds, if it took ownership.
+    fn as_owner(&mut self) -> Result<(), ApplianceError> {
+        let owner = self.unseal_owner_auth()?;
+        self.machine.tpm.set_owner_auth(owner);
+        Ok(())
+    }
+
+    fn classify_appliance(&self, e: TpmError) -> ApplianceError {
+        match e {
+            TpmError::MeasuredStateChanged { .. } => ApplianceError::ApplianceStateChanged(e.to_string()),
+            TpmError::WrongRecoverySecret => ApplianceError::WrongApplianceRecoverySecret,
+            TpmError::ObjectCorrupt { .. } => ApplianceError::ApplianceKeyCorrupt {
+                path: self.dd.appliance_dir().display().to_string(),
+                source: Box::new(e),
+            },
+            other => ApplianceError::Tpm(other),
+        }
+    }
+
     /// The appliance's sealed signing key, from `D/appliance/key.sealed`.
     fn load_appliance_key(&self) -> Result<SealedObject, ApplianceError> {
-        let path = self.dd.appliance_dir().join("key.sealed");
+        self.load_appliance_sealed("key.sealed")
+    }
+
+    /// A sealed object of the appliance's, `D/appliance/<name>`.
+    fn load_appliance_sealed(&self, name: &str) -> Result<SealedObject, ApplianceError> {
+        let path = self.dd.appliance_dir().join(name);
         let bytes = std::fs::read(&path).map_err(io(&path))?;
         SealedObject::from_bytes(&bytes).map_err(|source| ApplianceError::ApplianceKeyCorrupt {
             path: path.display().to_string(),
@@ -492,8 +568,23 @@ impl Appliance {
         })?;
         let policy = self.seal_policy_for(sealed.policy().liveness())?;
         let resealed = self.machine.tpm.seal(seed.expose_secret(), &policy, &auth[..])?;
+        let owner_path = self.dd.appliance_dir().join(OWNER_SEALED);
+        let owner = if owner_path.exists() {
+            let owner_sealed = self.load_appliance_sealed(OWNER_SEALED)?;
+            let owner = self
+                .machine
+                .tpm
+                .unseal(&owner_sealed, UnsealAuth::Recovery(&auth[..]))
+                .map_err(|e| self.classify_appliance(e))?;
+            Some(self.machine.tpm.seal(owner.expose_secret(), &policy, &auth[..])?)
+        } else {
+            None
+        };
         let path = self.dd.appliance_dir().join("key.sealed");
         write_durable(&path, &resealed.to_bytes()).map_err(io(&path))?;
+        if let Some(owner) = owner {
+            write_durable(&owner_path, &owner.to_bytes()).map_err(io(&owner_path))?;
+        }
         Ok(())
     }
 
@@ -631,7 +722,7 @@ impl Appliance {
         // The appliance ledger records the creation, with the tenant's public key, before it happens.
         let appliance = self.appliance_ledger()?;
         let token = appliance.gate.attest(OarDraft::tenant_created(operator_actor(), id, signer.public_key()))?;
-        let created = self.create_tenant_files(id, name, &registry, &seed, signer);
+        let created = self.as_owner().and_then(|()| self.create_tenant_files(id, name, &registry, &seed, signer));
         let outcome = if created.is_ok() { Outcome::success(Digest::None) } else { Outcome::failure(Digest::None) };
         appliance.gate.complete(token, outcome)?;
         appliance.gate.close()?;
@@ -741,7 +832,7 @@ impl Appliance {
         let appliance = self.appliance_ledger()?;
         let draft = OarDraft::new(operator_actor(), OpKind::TenantDelete, Target::Tenant(id), Digest::None);
         let token = appliance.gate.attest(draft)?;
-        let done = self.shred(id, &registry, &record);
+        let done = self.as_owner().and_then(|()| self.shred(id, &registry, &record));
         let outcome = if done.is_ok() { Outcome::success(Digest::None) } else { Outcome::failure(Digest::None) };
         appliance.gate.complete(token, outcome)?;
         appliance.gate.close()?;
