@@ -30,6 +30,9 @@ use crate::vault::{RecordInfo, RecordValue, Vault, VaultError};
 /// Where a tenant's ML-DSA-65 signing seed is kept: in its vault's metadata, encrypted under its DEK.
 pub const SIGNING_SEED: &str = "signing-seed";
 
+/// The appliance's signing seed, sealed by the TPM: `D/appliance/key.sealed`. Written last by `init`.
+const KEY_SEALED: &str = "key.sealed";
+
 /// The TPM owner authorization `init` set, sealed like the appliance key: `D/appliance/owner.sealed`.
 const OWNER_SEALED: &str = "owner.sealed";
 
@@ -365,6 +368,15 @@ fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> ApplianceError +
     move |source| ApplianceError::Io { path: path.display().to_string(), source }
 }
 
+/// A change of the owner authorization from empty to empty: proves it is still empty (nothing else owns
+/// this TPM), and changes nothing.
+fn prove_owner_auth_empty(tpm: &bulwark_tpm::Tpm) -> Result<(), ApplianceError> {
+    tpm.change_owner_auth(&[], &[]).map_err(|e| match e {
+        TpmError::OwnerAuthMismatch { .. } => ApplianceError::OwnerAuthTaken,
+        other => ApplianceError::Tpm(other),
+    })
+}
+
 /// Resolves a profile choice: an embedded id, or a path to a profile file.
 pub fn resolve_profile(choice: &str) -> Result<(HwProfile, Vec<u8>), ApplianceError> {
     let bytes = match bulwark_boot::profile::embedded(choice) {
@@ -387,7 +399,7 @@ impl Appliance {
         danger_dev_unbound_executable: bool,
     ) -> Result<(Self, RecoverySecret), ApplianceError> {
         if dd.is_initialised() {
-            if dd.appliance_dir().join("key.sealed").exists() {
+            if dd.appliance_dir().join(KEY_SEALED).exists() {
                 return Err(DataDirError::AlreadyInitialised(dd.root().to_path_buf()).into());
             }
             return Self::finish_init(dd, tpm_choice, profile_choice, danger_dev_unbound_executable);
@@ -414,12 +426,7 @@ impl Appliance {
         {
             let machine = Machine::open(tpm_choice, &dd)?;
             machine.tpm.ensure_srk()?;
-            // A change from empty to empty proves the owner authorization is still empty (nothing else
-            // owns this TPM), and changes nothing.
-            machine.tpm.change_owner_auth(&[], &[]).map_err(|e| match e {
-                TpmError::OwnerAuthMismatch { .. } => ApplianceError::OwnerAuthTaken,
-                other => ApplianceError::Tpm(other),
-            })?;
+            prove_owner_auth_empty(&machine.tpm)?;
         }
         dd.initialise(&config, &bytes)?;
         // From here on a failure leaves a half-initialised dir (its config is measured into the runtime
@@ -460,10 +467,7 @@ impl Appliance {
             }
         }
         me.machine.tpm.set_owner_auth(None);
-        me.machine.tpm.change_owner_auth(&[], &[]).map_err(|e| match e {
-            TpmError::OwnerAuthMismatch { .. } => ApplianceError::OwnerAuthTaken,
-            other => ApplianceError::Tpm(other),
-        })?;
+        prove_owner_auth_empty(&me.machine.tpm)?;
         // An appliance ledger without a sealed key belongs to a seed that was never kept: nothing can
         // sign for it or open it, so it is removed before the key is made again.
         let dir = me.dd.appliance_dir();
@@ -498,7 +502,7 @@ impl Appliance {
         self.machine.tpm.set_owner_auth(Some(SecretBytes::from_slice(owner.expose_secret())));
         let signer = LedgerSigner::appliance(aid, &seed)?;
         Gate::create(&dir.join("ledger"), signer, self.runtime_state()?)?.close()?;
-        let path = dir.join("key.sealed");
+        let path = dir.join(KEY_SEALED);
         write_durable(&path, &sealed.to_bytes()).map_err(io(&path))?;
         Ok(recovery)
     }
@@ -511,8 +515,11 @@ impl Appliance {
             return Ok(None);
         }
         let sealed = self.load_appliance_sealed(OWNER_SEALED)?;
-        let owner =
-            self.machine.tpm.unseal(&sealed, UnsealAuth::MeasuredState).map_err(|e| self.classify_appliance(e))?;
+        let owner = self
+            .machine
+            .tpm
+            .unseal(&sealed, UnsealAuth::MeasuredState)
+            .map_err(|e| self.classify_appliance(OWNER_SEALED, e))?;
         Ok(Some(owner))
     }
 
@@ -524,12 +531,13 @@ impl Appliance {
         Ok(())
     }
 
-    fn classify_appliance(&self, e: TpmError) -> ApplianceError {
+    /// The appliance error for a failed unseal of `D/appliance/<name>`.
+    fn classify_appliance(&self, name: &str, e: TpmError) -> ApplianceError {
         match e {
             TpmError::MeasuredStateChanged { .. } => ApplianceError::ApplianceStateChanged(e.to_string()),
             TpmError::WrongRecoverySecret => ApplianceError::WrongApplianceRecoverySecret,
             TpmError::ObjectCorrupt { .. } => ApplianceError::ApplianceKeyCorrupt {
-                path: self.dd.appliance_dir().display().to_string(),
+                path: self.dd.appliance_dir().join(name).display().to_string(),
                 source: Box::new(e),
             },
             other => ApplianceError::Tpm(other),
@@ -538,7 +546,7 @@ impl Appliance {
 
     /// The appliance's sealed signing key, from `D/appliance/key.sealed`.
     fn load_appliance_key(&self) -> Result<SealedObject, ApplianceError> {
-        self.load_appliance_sealed("key.sealed")
+        self.load_appliance_sealed(KEY_SEALED)
     }
 
     /// A sealed object of the appliance's, `D/appliance/<name>`.
@@ -558,14 +566,11 @@ impl Appliance {
         let aid = self.appliance_id()?;
         let sealed = self.load_appliance_key()?;
         let auth = recovery.auth_value_for(aid.as_bytes());
-        let seed = self.machine.tpm.unseal(&sealed, UnsealAuth::Recovery(&auth[..])).map_err(|e| match e {
-            TpmError::WrongRecoverySecret => ApplianceError::WrongApplianceRecoverySecret,
-            TpmError::ObjectCorrupt { .. } => ApplianceError::ApplianceKeyCorrupt {
-                path: self.dd.appliance_dir().join("key.sealed").display().to_string(),
-                source: Box::new(e),
-            },
-            other => ApplianceError::Tpm(other),
-        })?;
+        let seed = self
+            .machine
+            .tpm
+            .unseal(&sealed, UnsealAuth::Recovery(&auth[..]))
+            .map_err(|e| self.classify_appliance(KEY_SEALED, e))?;
         let policy = self.seal_policy_for(sealed.policy().liveness())?;
         let resealed = self.machine.tpm.seal(seed.expose_secret(), &policy, &auth[..])?;
         let owner_path = self.dd.appliance_dir().join(OWNER_SEALED);
@@ -575,12 +580,12 @@ impl Appliance {
                 .machine
                 .tpm
                 .unseal(&owner_sealed, UnsealAuth::Recovery(&auth[..]))
-                .map_err(|e| self.classify_appliance(e))?;
+                .map_err(|e| self.classify_appliance(OWNER_SEALED, e))?;
             Some(self.machine.tpm.seal(owner.expose_secret(), &policy, &auth[..])?)
         } else {
             None
         };
-        let path = self.dd.appliance_dir().join("key.sealed");
+        let path = self.dd.appliance_dir().join(KEY_SEALED);
         write_durable(&path, &resealed.to_bytes()).map_err(io(&path))?;
         if let Some(owner) = owner {
             write_durable(&owner_path, &owner.to_bytes()).map_err(io(&owner_path))?;
@@ -602,18 +607,15 @@ impl Appliance {
     pub fn appliance_ledger(&mut self) -> Result<ApplianceLedger, ApplianceError> {
         let aid = self.appliance_id()?;
         let sealed = self.load_appliance_key()?;
-        let secret = self.machine.tpm.unseal(&sealed, UnsealAuth::MeasuredState).map_err(|e| match e {
-            TpmError::MeasuredStateChanged { .. } => ApplianceError::ApplianceStateChanged(e.to_string()),
-            TpmError::ObjectCorrupt { .. } => ApplianceError::ApplianceKeyCorrupt {
-                path: self.dd.appliance_dir().join("key.sealed").display().to_string(),
-                source: Box::new(e),
-            },
-            other => ApplianceError::Tpm(other),
-        })?;
+        let secret = self
+            .machine
+            .tpm
+            .unseal(&sealed, UnsealAuth::MeasuredState)
+            .map_err(|e| self.classify_appliance(KEY_SEALED, e))?;
         let mut raw = Zeroizing::new([0u8; 32]);
         if secret.expose_secret().len() != 32 {
             return Err(ApplianceError::ApplianceKeyCorrupt {
-                path: self.dd.appliance_dir().join("key.sealed").display().to_string(),
+                path: self.dd.appliance_dir().join(KEY_SEALED).display().to_string(),
                 source: "it does not unseal to 32 bytes".into(),
             });
         }
@@ -627,7 +629,7 @@ impl Appliance {
     /// Opens a provisioned appliance: loads config and profile, opens the TPM and runs the runtime
     /// measurement stage (first run in a TPM boot cycle measures, later runs verify).
     pub fn open(dd: DataDir, tpm_choice: &str) -> Result<Self, ApplianceError> {
-        if dd.is_initialised() && !dd.appliance_dir().join("key.sealed").exists() {
+        if dd.is_initialised() && !dd.appliance_dir().join(KEY_SEALED).exists() {
             return Err(ApplianceError::Unfinished(dd.root().to_path_buf()));
         }
         Self::open_unchecked(dd, tpm_choice)
