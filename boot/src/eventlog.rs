@@ -772,7 +772,19 @@ impl<'a> Reader<'a> {
 /// digest, carrying a Spec ID event that declares `banks` (platform class 0 (client), spec version 2.0
 /// errata 0, uintnSize 2, no vendor info).
 pub fn encode_spec_id_header(banks: &[HashAlg]) -> Result<Vec<u8>, EventLogError> {
+    encode_spec_id_header_with(banks, &[])
+}
+
+/// [`encode_spec_id_header`] with `vendor_info` in the Spec ID event's `vendorInfo` (at most 255 bytes:
+/// its size field is one byte).
+pub fn encode_spec_id_header_with(banks: &[HashAlg], vendor_info: &[u8]) -> Result<Vec<u8>, EventLogError> {
     check_banks(banks)?;
+    let vendor_size = u8::try_from(vendor_info.len()).map_err(|_| EventLogError::TooLarge {
+        offset: 0,
+        field: "vendorInfoSize (writing)",
+        value: vendor_info.len() as u64,
+        max: u64::from(u8::MAX),
+    })?;
     let mut spec = Vec::with_capacity(32 + 4 * banks.len());
     spec.extend_from_slice(SPEC_ID_SIGNATURE);
     spec.extend_from_slice(&0u32.to_le_bytes()); // platformClass: client
@@ -782,7 +794,8 @@ pub fn encode_spec_id_header(banks: &[HashAlg]) -> Result<Vec<u8>, EventLogError
         spec.extend_from_slice(&alg.tcg_id().to_le_bytes());
         spec.extend_from_slice(&len_u16(alg.digest_size()).to_le_bytes());
     }
-    spec.push(0); // vendorInfoSize
+    spec.push(vendor_size);
+    spec.extend_from_slice(vendor_info);
     Ok(encode_legacy_event(0, EventType::NO_ACTION, &[0; 20], &spec))
 }
 
@@ -871,7 +884,13 @@ pub struct LogWriter {
 impl LogWriter {
     /// A crypto-agile log recording `banks` (in that order), starting with its Spec ID header.
     pub fn crypto_agile(banks: &[HashAlg]) -> Result<Self, EventLogError> {
-        let buf = encode_spec_id_header(banks)?;
+        Self::crypto_agile_with(banks, &[])
+    }
+
+    /// [`LogWriter::crypto_agile`] with `vendor_info` in the Spec ID event (see
+    /// [`encode_spec_id_header_with`]).
+    pub fn crypto_agile_with(banks: &[HashAlg], vendor_info: &[u8]) -> Result<Self, EventLogError> {
+        let buf = encode_spec_id_header_with(banks, vendor_info)?;
         Ok(LogWriter { format: LogFormat::CryptoAgile, banks: banks.to_vec(), buf, events: 0 })
     }
 
@@ -1004,6 +1023,20 @@ pub(crate) mod tests {
     /// An independent replay: extends by hand with the pcr module, from the writer's inputs.
     fn chain(alg: HashAlg, init: Vec<u8>, measured: &[&[u8]]) -> Vec<u8> {
         measured.iter().fold(init, |v, m| crate::pcr::extend(alg, &v, &alg.digest(m)).unwrap())
+    }
+
+    #[test]
+    fn vendor_info_is_written_in_the_spec_id_event_and_capped() {
+        let w = LogWriter::crypto_agile_with(&[HashAlg::Sha256], b"vendor bytes").unwrap();
+        let log = parse(w.as_bytes()).unwrap();
+        assert_eq!(log.spec_id().unwrap().vendor_info, b"vendor bytes");
+        assert!(log.events().is_empty());
+        assert!(LogWriter::crypto_agile_with(&[HashAlg::Sha256], &[7; 255]).is_ok());
+        let err = LogWriter::crypto_agile_with(&[HashAlg::Sha256], &[7; 256]).unwrap_err();
+        assert!(
+            matches!(err, EventLogError::TooLarge { field: "vendorInfoSize (writing)", value: 256, .. }),
+            "{err:?}"
+        );
     }
 
     #[test]

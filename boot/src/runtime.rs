@@ -39,13 +39,21 @@
 //! A crypto-agile TCG log ([`crate::eventlog`]) in the data dir, [`LOG_FILE_NAME`], recording the
 //! profile's banks:
 //!
-//! 1. the Spec ID header;
-//! 2. a boot-cycle marker: `EV_NO_ACTION` in the runtime PCR (so never extended), event data 24 bytes:
-//!    `"BulwarkRtCycle1\0"` (16 bytes) ‖ u32 LE `resetCount` ‖ u32 LE runtime PCR index. `resetCount`
+//! 1. the Spec ID header, whose `vendorInfo` (24 bytes) is the boot-cycle marker:
+//!    `"BulwarkRtCycle2\0"` (16 bytes) ‖ u32 LE `resetCount` ‖ u32 LE runtime PCR index. `resetCount`
 //!    is the TPM's reset count (`TPMS_CLOCK_INFO.resetCount`, TPM 2.0 Part 2), which increments on every
 //!    `TPM2_Startup(CLEAR)` (a reboot) and not on resume, so it names the boot cycle whose PCR values
 //!    the log explains;
-//! 3. the three measurement events above.
+//! 2. the three measurement events above, and nothing else.
+//!
+//! The marker is in the header because every log reader treats the Spec ID event as a header and
+//! extends nothing for it. The PC Client Platform Firmware Profile says no `EV_NO_ACTION` event is
+//! extended, but readers in use get the later ones wrong: `tpm2_eventlog` of tpm2-tools 5.4 (Debian 12)
+//! extends them (tpm2-software/tpm2-tools issue 3224, fixed upstream in 2023), and so does fwupd's
+//! replay (fwupd issue 9940). An auditor replaying the log with such a tool would see a runtime PCR
+//! the TPM does not have. Version 1 of this layout carried the marker as an `EV_NO_ACTION` event in
+//! the runtime PCR; such a log reads as unreadable and, within its boot cycle, is rebuilt without
+//! any extend (see the crash-safety rules below: the PCR already holds all three measurements).
 //!
 //! # Once per boot cycle
 //!
@@ -85,9 +93,11 @@ use crate::profile::HwProfile;
 /// The runtime event log's file name in the data dir.
 pub const LOG_FILE_NAME: &str = "runtime-measurements.tcglog";
 /// The signature that starts the boot-cycle marker's event data.
-pub const CYCLE_SIGNATURE: &[u8; 16] = b"BulwarkRtCycle1\0";
-/// The boot-cycle marker's event data size: signature, reset count, PCR index.
-pub const CYCLE_EVENT_SIZE: usize = 24;
+pub const CYCLE_SIGNATURE: &[u8; 16] = b"BulwarkRtCycle2\0";
+/// The signature of layout version 1, whose marker was an `EV_NO_ACTION` event (see the module docs).
+const CYCLE_SIGNATURE_V1: &[u8; 16] = b"BulwarkRtCycle1\0";
+/// The boot-cycle marker's size (the Spec ID event's `vendorInfo`): signature, reset count, PCR index.
+pub const CYCLE_MARKER_SIZE: usize = 24;
 /// The largest runtime log read back; a real one is well under a kilobyte.
 const MAX_RUNTIME_LOG: u64 = 64 << 10;
 
@@ -481,33 +491,34 @@ impl RuntimeLog {
         if !log.unsupported_algorithms().is_empty() {
             return Err("declares a bank this build cannot replay".into());
         }
-        let [marker, rest @ ..] = log.events() else {
-            return Err("no boot-cycle marker".into());
+        let vendor_info = log.spec_id().map_or(&[][..], |s| s.vendor_info.as_slice());
+        let Some(cycle) = vendor_info.strip_prefix(CYCLE_SIGNATURE.as_slice()) else {
+            let v1 = log.events().first().is_some_and(|e| e.data.starts_with(CYCLE_SIGNATURE_V1));
+            return Err(if v1 {
+                "it has layout version 1 (the boot-cycle marker as an EV_NO_ACTION event)".into()
+            } else {
+                "no boot-cycle marker in the Spec ID event's vendorInfo".into()
+            });
         };
-        let cycle = marker
-            .data
-            .strip_prefix(CYCLE_SIGNATURE.as_slice())
-            .filter(|_| marker.event_type == EventType::NO_ACTION && marker.data.len() == CYCLE_EVENT_SIZE)
-            .ok_or("first event is not a boot-cycle marker")?;
-        let reset_count = u32::from_le_bytes(cycle.get(..4).and_then(|s| s.try_into().ok()).ok_or("short marker")?);
-        let pcr_field = u32::from_le_bytes(cycle.get(4..8).and_then(|s| s.try_into().ok()).ok_or("short marker")?);
-        if pcr_field != marker.pcr.get() {
-            return Err("boot-cycle marker names another PCR than it is logged in".into());
+        let word = |at: usize| cycle.get(at..at + 4).and_then(|b| <[u8; 4]>::try_from(b).ok()).map(u32::from_le_bytes);
+        let (Some(reset_count), Some(pcr_field), CYCLE_MARKER_SIZE) = (word(0), word(4), vendor_info.len()) else {
+            return Err(format!("boot-cycle marker is {} bytes, expected {CYCLE_MARKER_SIZE}", vendor_info.len()));
+        };
+        let pcr = PcrIndex::new(pcr_field).map_err(|_| "boot-cycle marker names no valid PCR")?;
+        let events = log.events();
+        if events.len() != Component::ALL.len() {
+            return Err(format!("{} measurement events, expected 3", events.len()));
         }
-        if rest.len() != Component::ALL.len() {
-            return Err(format!("{} measurement events, expected 3", rest.len()));
-        }
-        let mut events = Vec::with_capacity(3);
-        for (ev, c) in rest.iter().zip(Component::ALL) {
-            if ev.pcr != marker.pcr || ev.event_type != EventType::IPL || ev.data != c.label() {
+        let mut digests = Vec::with_capacity(3);
+        for (ev, c) in events.iter().zip(Component::ALL) {
+            if ev.pcr != pcr || ev.event_type != EventType::IPL || ev.data != c.label() {
                 return Err(format!("event at byte {} is not the {} measurement", ev.offset, c.name()));
             }
-            events.push(ev.digests.iter().filter_map(|d| Some((d.alg()?, d.bytes.clone()))).collect());
+            digests.push(ev.digests.iter().filter_map(|d| Some((d.alg()?, d.bytes.clone()))).collect());
         }
         let replayed = log.replay().map_err(|e| e.to_string())?;
-        let values =
-            replayed.into_iter().filter_map(|(a, pcrs)| Some((a, pcrs.get(&marker.pcr.get())?.clone()))).collect();
-        Ok(RuntimeLog { reset_count, pcr: marker.pcr, banks: log.banks(), events, values })
+        let values = replayed.into_iter().filter_map(|(a, pcrs)| Some((a, pcrs.get(&pcr.get())?.clone()))).collect();
+        Ok(RuntimeLog { reset_count, pcr, banks: log.banks(), events: digests, values })
     }
 
     fn verify<E: std::error::Error>(
@@ -549,16 +560,20 @@ pub fn encode_log(
     pcr: PcrIndex,
     measured: &Measurements,
 ) -> Result<Vec<u8>, eventlog::EventLogError> {
-    let mut w = LogWriter::crypto_agile(measured.banks())?;
-    let mut marker = Vec::with_capacity(CYCLE_EVENT_SIZE);
-    marker.extend_from_slice(CYCLE_SIGNATURE);
-    marker.extend_from_slice(&reset_count.to_le_bytes());
-    marker.extend_from_slice(&pcr.get().to_le_bytes());
-    w.no_action(pcr, &marker)?;
+    let mut w = LogWriter::crypto_agile_with(measured.banks(), &cycle_marker(CYCLE_SIGNATURE, reset_count, pcr))?;
     for c in Component::ALL {
         w.event(pcr, EventType::IPL, measured.digests(c), c.label())?;
     }
     Ok(w.into_bytes())
+}
+
+/// The boot-cycle marker: `signature` ‖ u32 LE `reset_count` ‖ u32 LE PCR index.
+fn cycle_marker(signature: &[u8; 16], reset_count: u32, pcr: PcrIndex) -> Vec<u8> {
+    let mut marker = Vec::with_capacity(CYCLE_MARKER_SIZE);
+    marker.extend_from_slice(signature);
+    marker.extend_from_slice(&reset_count.to_le_bytes());
+    marker.extend_from_slice(&pcr.get().to_le_bytes());
+    marker
 }
 
 fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
@@ -659,31 +674,58 @@ mod tests {
         assert_eq!(parsed.reset_count, 7);
         assert_eq!(parsed.pcr, p15());
         assert_eq!(parsed.events.len(), 3);
-        // The marker layout: signature, reset count, PCR.
+        // The marker layout, in the Spec ID event: signature, reset count, PCR; no EV_NO_ACTION events.
         let log = eventlog::parse(&bytes).unwrap();
-        let marker = &log.events()[0];
-        assert_eq!(marker.event_type, EventType::NO_ACTION);
-        assert_eq!(&marker.data[..16], b"BulwarkRtCycle1\0");
-        assert_eq!(&marker.data[16..], &[7, 0, 0, 0, 15, 0, 0, 0]);
+        let marker = &log.spec_id().unwrap().vendor_info;
+        assert_eq!(&marker[..16], b"BulwarkRtCycle2\0");
+        assert_eq!(&marker[16..], &[7, 0, 0, 0, 15, 0, 0, 0]);
+        assert_eq!(log.events().len(), 3);
+        assert!(log.events().iter().all(|e| e.event_type == EventType::IPL && e.pcr == p15()));
     }
 
     #[test]
     fn runtime_log_layout_is_checked() {
         let m = Measurements::from_bytes(&[HashAlg::Sha256], b"e", b"c", b"p");
+        let marked = || LogWriter::crypto_agile_with(&[HashAlg::Sha256], &cycle_marker(CYCLE_SIGNATURE, 1, p15()));
         // Events in the wrong order.
-        let mut w = LogWriter::crypto_agile(&[HashAlg::Sha256]).unwrap();
-        let mut marker = CYCLE_SIGNATURE.to_vec();
-        marker.extend_from_slice(&1u32.to_le_bytes());
-        marker.extend_from_slice(&15u32.to_le_bytes());
-        w.no_action(p15(), &marker).unwrap();
+        let mut w = marked().unwrap();
         for c in [Component::Config, Component::Executable, Component::HwProfile] {
             w.event(p15(), EventType::IPL, m.digests(c), c.label()).unwrap();
         }
         assert!(RuntimeLog::parse(w.as_bytes()).unwrap_err().contains("executable"));
+        // Events in another PCR than the marker names.
+        let mut w = marked().unwrap();
+        for c in Component::ALL {
+            w.event(PcrIndex::new(14).unwrap(), EventType::IPL, m.digests(c), c.label()).unwrap();
+        }
+        assert!(RuntimeLog::parse(w.as_bytes()).unwrap_err().contains("executable"));
+        // An EV_NO_ACTION event besides the three (readers in use would extend it).
+        let mut w = marked().unwrap();
+        w.no_action(p15(), b"note").unwrap();
+        for c in Component::ALL {
+            w.event(p15(), EventType::IPL, m.digests(c), c.label()).unwrap();
+        }
+        assert!(RuntimeLog::parse(w.as_bytes()).unwrap_err().contains("4 measurement events"));
+        // A marker of the wrong size, one naming no PCR.
+        let mut long = cycle_marker(CYCLE_SIGNATURE, 1, p15());
+        long.push(0);
+        let w = LogWriter::crypto_agile_with(&[HashAlg::Sha256], &long).unwrap();
+        assert!(RuntimeLog::parse(w.as_bytes()).unwrap_err().contains("25 bytes"));
+        let mut bad_pcr = cycle_marker(CYCLE_SIGNATURE, 1, p15());
+        bad_pcr[20] = 24;
+        let w = LogWriter::crypto_agile_with(&[HashAlg::Sha256], &bad_pcr).unwrap();
+        assert!(RuntimeLog::parse(w.as_bytes()).unwrap_err().contains("no valid PCR"));
+        // Layout version 1 (the marker as the first event) is named as such.
+        let mut w = LogWriter::crypto_agile(&[HashAlg::Sha256]).unwrap();
+        w.no_action(p15(), &cycle_marker(CYCLE_SIGNATURE_V1, 1, p15())).unwrap();
+        for c in Component::ALL {
+            w.event(p15(), EventType::IPL, m.digests(c), c.label()).unwrap();
+        }
+        assert!(RuntimeLog::parse(w.as_bytes()).unwrap_err().contains("layout version 1"));
         // Missing marker, legacy format, garbage.
         let mut w = LogWriter::crypto_agile(&[HashAlg::Sha256]).unwrap();
         w.event(p15(), EventType::IPL, m.digests(Component::Executable), Component::Executable.label()).unwrap();
-        assert!(RuntimeLog::parse(w.as_bytes()).is_err());
+        assert!(RuntimeLog::parse(w.as_bytes()).unwrap_err().contains("vendorInfo"));
         assert!(RuntimeLog::parse(&crate::eventlog::tests::sample_legacy()).is_err());
         assert!(RuntimeLog::parse(b"garbage").is_err());
         // An extra event after the three.

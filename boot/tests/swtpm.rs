@@ -133,8 +133,13 @@ fn assert_log_matches_tpm(dev: &mut Tpm2Tools, data: &Path, profile: &HwProfile,
     for a in profile.runtime_log_banks() {
         assert_eq!(replay[a][&15], dev.pcr_read(*a, p(15)).unwrap(), "{a}");
     }
-    let marker = &log.events()[0].data;
+    let marker = &log.spec_id().unwrap().vendor_info;
     assert_eq!(&marker[16..20], &reset_count.to_le_bytes());
+    // An independent reader, tpm2-tools' tpm2_eventlog, gets the TPM's values too.
+    let theirs = common::tpm2_eventlog_pcrs(&bytes);
+    for a in profile.runtime_log_banks() {
+        assert_eq!(theirs[a][&15], dev.pcr_read(*a, p(15)).unwrap(), "tpm2_eventlog, {a}");
+    }
 }
 
 #[test]
@@ -207,6 +212,28 @@ fn runtime_stage_measures_once_per_boot_cycle_on_swtpm() {
     std::fs::write(runtime::log_path(&data), b"not a log").unwrap();
     let r = runtime::run(&mut dev, &data, &exe, &config, &profile).unwrap();
     assert!(matches!(&r.outcome, Outcome::Recovered { reason } if reason.contains("unreadable")), "{:?}", r.outcome);
+    assert_log_matches_tpm(&mut dev, &data, &profile, rc3);
+    assert_eq!(runtime::run(&mut dev, &data, &exe, &config, &profile).unwrap().outcome, Outcome::Verified);
+
+    // A log of layout version 1 (its marker an EV_NO_ACTION event) from this cycle, as an older build
+    // left it: read as unreadable and rebuilt in the current layout, with nothing extended.
+    let before = dev.pcr_read(HashAlg::Sha256, p(15)).unwrap();
+    let mut v1 = LogWriter::crypto_agile(profile.runtime_log_banks()).unwrap();
+    let mut marker = b"BulwarkRtCycle1\0".to_vec();
+    marker.extend_from_slice(&rc3.to_le_bytes());
+    marker.extend_from_slice(&15u32.to_le_bytes());
+    v1.no_action(p(15), &marker).unwrap();
+    for c in Component::ALL {
+        v1.event(p(15), EventType::IPL, measured.digests(c), c.label()).unwrap();
+    }
+    std::fs::write(runtime::log_path(&data), v1.as_bytes()).unwrap();
+    let r = runtime::run(&mut dev, &data, &exe, &config, &profile).unwrap();
+    assert!(
+        matches!(&r.outcome, Outcome::Recovered { reason } if reason.contains("layout version 1") && reason.contains("3 of 3")),
+        "{:?}",
+        r.outcome
+    );
+    assert_eq!(dev.pcr_read(HashAlg::Sha256, p(15)).unwrap(), before, "the rebuild extended the PCR");
     assert_log_matches_tpm(&mut dev, &data, &profile, rc3);
     assert_eq!(runtime::run(&mut dev, &data, &exe, &config, &profile).unwrap().outcome, Outcome::Verified);
 

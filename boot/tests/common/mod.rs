@@ -6,10 +6,12 @@
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
 use bulwark_boot::alg::HashAlg;
+use bulwark_boot::eventlog::PcrValues;
 use bulwark_boot::pcr::PcrIndex;
 use bulwark_boot::runtime::PcrDevice;
 
@@ -84,4 +86,27 @@ impl PcrDevice for Tpm2Tools {
 
 pub fn path_str(p: &Path) -> &str {
     p.to_str().unwrap()
+}
+
+/// Runs `tpm2_eventlog` on `bytes` and reads the `pcrs:` section it prints.
+pub fn tpm2_eventlog_pcrs(bytes: &[u8]) -> PcrValues {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("log.bin");
+    std::fs::write(&file, bytes).unwrap();
+    let out = Command::new("tpm2_eventlog").arg(&file).env("TSS2_LOG", "all+NONE").output().unwrap();
+    assert!(out.status.success(), "tpm2_eventlog failed: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let section = text.split("\npcrs:\n").nth(1).expect("a pcrs: section");
+    let mut values: PcrValues = BTreeMap::new();
+    let mut bank = None;
+    for line in section.lines() {
+        let t = line.trim();
+        if let Some(name) = t.strip_suffix(':') {
+            bank = Some(name.parse::<HashAlg>().unwrap());
+        } else if let Some((idx, hex)) = t.split_once(':') {
+            let v = hex::decode(hex.trim().trim_start_matches("0x")).unwrap();
+            values.entry(bank.unwrap()).or_default().insert(idx.trim().parse().unwrap(), v);
+        }
+    }
+    values
 }
