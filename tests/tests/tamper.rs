@@ -669,6 +669,29 @@ fn deleted_tenant_restored_from_a_full_backup_stays_sealed() {
     env.tpm.restart();
     env.get(&a.id, "k").fails_with(&["deleted", "shredded"]);
     env.assert_get(&b.id, "k", b"bravo's secret");
+
+    // The platform hierarchy, open on a swtpm (firmware closes it before the OS runs on real hardware),
+    // can undefine the liveness index but not bring the deleted tenant back: an index it defines must
+    // carry TPMA_NV_PLATFORMCREATE, so its name differs from the one every sealed policy binds. Undefining
+    // the index takes down every tenant with a bit in it: denial, never revival.
+    let handle = format!("{index:#x}");
+    let tool = |tool: &str, args: &[&str]| {
+        let out = env.tpm.tpm2(tool).args(args).output().expect(tool);
+        assert!(out.status.success(), "{tool} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    tool("tpm2_nvundefine", &["-C", "p", &handle]);
+    tool("tpm2_nvdefine", &["-C", "p", "-a", "ppwrite|authread|no_da|nt=bits|platformcreate", &handle]);
+    tool("tpm2_nvsetbits", &["-C", "p", "-i", "0", &handle]);
+    let b_slot = u32::try_from(b.slot).expect("slot");
+    let shares_index = bulwark_tpm::LivenessSlot::from_counter(b_slot).expect("liveness slot").nv_handle() == index;
+    for (id, name) in [(&a.id, "alpha"), (&b.id, "bravo")] {
+        if name == "bravo" && !shares_index {
+            env.assert_get(id, "k", b"bravo's secret");
+            continue;
+        }
+        let r = env.get(id, "k").fails_with(&["liveness"]);
+        assert!(!r.stderr.contains("secret"), "{name}: {}", r.stderr);
+    }
 }
 
 /// With redb 4 a small vault file is tens of KiB, so every position can be flipped. A flip must either be
