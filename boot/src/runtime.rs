@@ -92,7 +92,7 @@ use crate::profile::HwProfile;
 
 /// The runtime event log's file name in the data dir.
 pub const LOG_FILE_NAME: &str = "runtime-measurements.tcglog";
-/// The signature that starts the boot-cycle marker's event data.
+/// The signature that starts the boot-cycle marker (the runtime log's Spec ID `vendorInfo`).
 pub const CYCLE_SIGNATURE: &[u8; 16] = b"BulwarkRtCycle2\0";
 /// The signature of layout version 1, whose marker was an `EV_NO_ACTION` event (see the module docs).
 const CYCLE_SIGNATURE_V1: &[u8; 16] = b"BulwarkRtCycle1\0";
