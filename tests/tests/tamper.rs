@@ -336,6 +336,14 @@ fn every_stored_byte_flip_in_a_vault_is_detected() {
                 if seen == Seen::Intact || !verify_refuses(&sv.path, sv.tenant, &sv.kek, &sv.tokens) {
                     undetected.push(format!("{}/{key} renamed to {renamed:?}", table.name()));
                 }
+                if table.name() == RECORDS.name() {
+                    // A read of the old key reports the tampering, not "no record".
+                    let got = Vault::open(&sv.path, sv.tenant, &sv.kek).and_then(|v| v.get(&sv.tokens.gets[key], key));
+                    assert!(
+                        matches!(&got, Err(VaultError::Integrity(m)) if m.contains("set digest")),
+                        "get of {key:?} renamed to {renamed:?}: {got:?}"
+                    );
+                }
                 write_entry(&sv.path, *table, Some(&renamed), &[(key, value)]);
                 key_flips += 1;
             }
@@ -685,9 +693,11 @@ fn deleted_tenant_restored_from_a_full_backup_stays_sealed() {
     let b_slot = u32::try_from(b.slot).expect("slot");
     let shares_index = bulwark_tpm::LivenessSlot::from_counter(b_slot).expect("liveness slot").nv_handle() == index;
     let r = env.get(&a.id, "k").fails_with(&["liveness"]);
+    assert!(r.stderr.contains("defined again"), "alpha: {}", r.stderr);
     assert!(!r.stderr.contains("secret"), "alpha: {}", r.stderr);
     if shares_index {
         let r = env.get(&b.id, "k").fails_with(&["liveness"]);
+        assert!(r.stderr.contains("defined again"), "bravo: {}", r.stderr);
         assert!(!r.stderr.contains("secret"), "bravo: {}", r.stderr);
     } else {
         env.assert_get(&b.id, "k", b"bravo's secret");

@@ -97,7 +97,10 @@ pub enum TpmError {
         index: u32,
     },
     /// An index exists at a liveness handle but with other attributes than bulwark defines.
-    #[error("NV index {index:#010x} exists but is not a bulwark liveness index (unexpected attributes or size)")]
+    #[error(
+        "NV index {index:#010x} exists but is not a bulwark liveness index (unexpected attributes or size): it was \
+         deleted and defined again outside bulwark, so no tenant with a liveness bit in it can be unsealed"
+    )]
     LivenessIndexMismatch {
         /// NV handle.
         index: u32,
@@ -111,9 +114,12 @@ pub enum TpmError {
         /// The TPM's response.
         rc: TpmRc,
     },
-    /// The policy failed although the PCRs match the sealed values.
+    /// The policy failed although the PCRs match the sealed values: the liveness index the object was
+    /// sealed against is gone and another index now sits at its handle (its name differs).
     #[error(
-        "the sealed object's policy is not satisfied although the PCRs match ({rc}); was the liveness NV index redefined?"
+        "the TPM refuses the sealed object's policy although the PCRs match ({rc}): the tenant's liveness NV index \
+         is not the one it was sealed against (deleted and defined again: a deleted tenant, or tampering), so this \
+         key cannot be unsealed"
     )]
     PolicyMismatch {
         /// The failing response code.

@@ -6,7 +6,9 @@
 //! and the record version, so a ciphertext moved to another tenant, another key or another version fails
 //! to open. A keyed set digest over all records and metadata (HMAC-SHA-256 of each
 //! entry, XOR-combined, kept in `meta`) lets [`Vault::verify`] detect entries that were removed, renamed or
-//! duplicated on disk — things a per-record AEAD alone cannot see.
+//! duplicated on disk — things a per-record AEAD alone cannot see. [`Vault::list`] checks it too, and so
+//! does a `get` or `delete` whose key is not in the store, before it answers "no record" (a miss costs
+//! what a listing costs; a hit costs nothing more).
 //!
 //! Attestation: every record operation takes an [`Attested`] token, which only the tenant's ledger gate
 //! mints after the operation's OAR is durably appended under a signed checkpoint. The vault checks that
@@ -787,7 +789,9 @@ impl Vault {
     fn get_unguarded(&self, key: &str, memo: Option<RecordValue>) -> Result<RecordValue, VaultError> {
         let tx = self.db.begin_read()?;
         let records = tx.open_table(RECORDS).map_err(corrupt)?;
-        let guard = records.get(key).map_err(corrupt)?.ok_or_else(|| VaultError::NotFound(key.to_string()))?;
+        let Some(guard) = records.get(key).map_err(corrupt)? else {
+            return Err(self.absent(&tx, key));
+        };
         let env = decode_envelope(guard.value())?;
         let refused = || {
             VaultError::Integrity(format!("record {key:?} does not authenticate (altered, moved or another tenant's)"))
@@ -804,7 +808,17 @@ impl Vault {
     }
 
     fn list_unguarded(&self) -> Result<Vec<RecordInfo>, VaultError> {
-        self.scan(false)
+        self.scan(&self.db.begin_read()?, false)
+    }
+
+    /// Why `key` is not in the store, as `tx` sees it: [`VaultError::NotFound`] when the set digest matches
+    /// the stored entries, else the digest's [`VaultError::Integrity`] (the record was removed or renamed
+    /// on disk). This costs what [`Vault::list`] costs, on a miss only.
+    fn absent(&self, tx: &ReadTransaction, key: &str) -> VaultError {
+        match self.scan(tx, false) {
+            Ok(_) => VaultError::NotFound(key.to_string()),
+            Err(e) => e,
+        }
     }
 
     fn delete_unguarded(&self, key: &str) -> Result<(), VaultError> {
@@ -815,11 +829,10 @@ impl Vault {
             let mut records = tx.open_table(RECORDS).map_err(corrupt)?;
             let mut meta = tx.open_table(META).map_err(corrupt)?;
             let mut digest = read_digest(&meta)?;
-            let old = records
-                .remove(key)
-                .map_err(corrupt)?
-                .map(|v| v.value().to_vec())
-                .ok_or_else(|| VaultError::NotFound(key.to_string()))?;
+            let Some(old) = records.remove(key).map_err(corrupt)?.map(|v| v.value().to_vec()) else {
+                // Nothing was removed; the transaction is dropped uncommitted.
+                return Err(self.absent(&self.db.begin_read()?, key));
+            };
             xor_into(&mut digest, &entry_mac(&self.mac_key, "records", key, &old));
             meta.insert(META_DIGEST, digest.as_slice()).map_err(corrupt)?;
         }
@@ -868,14 +881,13 @@ impl Vault {
     }
 
     fn verify_unguarded(&self) -> Result<usize, VaultError> {
-        Ok(self.scan(true)?.len())
+        Ok(self.scan(&self.db.begin_read()?, true)?.len())
     }
 
     /// Every record's key, version and length, in key order, after checking the keyed set digest over
     /// every stored entry (so a removed, renamed, duplicated or rolled-in entry is an error, not a
     /// listing); with `authenticate`, every record and secret is also decrypted and checked.
-    fn scan(&self, authenticate: bool) -> Result<Vec<RecordInfo>, VaultError> {
-        let tx = self.db.begin_read()?;
+    fn scan(&self, tx: &ReadTransaction, authenticate: bool) -> Result<Vec<RecordInfo>, VaultError> {
         let records = tx.open_table(RECORDS).map_err(corrupt)?;
         let meta = tx.open_table(META).map_err(corrupt)?;
         let stored = read_digest(&meta)?;
@@ -915,7 +927,9 @@ impl Vault {
         }
         if !bool::from(subtle::ConstantTimeEq::ct_eq(&digest[..], &stored[..])) {
             return Err(VaultError::Integrity(
-                "set digest mismatch: entries were removed, renamed or added outside the vault".into(),
+                "set digest mismatch: entries were removed, renamed or added outside the vault (`bulwark vault verify` \
+                 checks every record)"
+                    .into(),
             ));
         }
         Ok(out)
@@ -1234,18 +1248,29 @@ mod tests {
             }
             tx.commit().unwrap();
         };
-        // Renamed on disk (the stored bytes moved to another key): listed as an error, not as "j1".
+        // Renamed on disk (the stored bytes moved to another key): listed as an error, not as "j1"; a read
+        // of the old key says so too, instead of "no record".
         raw("k1", Some(("j1", &k1)));
         assert!(matches!(v.t_list(&g), Err(VaultError::Integrity(m)) if m.contains("set digest")));
-        // Removed on disk: also an error.
+        assert!(matches!(v.t_get(&g, "k1"), Err(VaultError::Integrity(m)) if m.contains("set digest")));
+        assert!(matches!(v.t_get(&g, "j1"), Err(VaultError::Integrity(m)) if m.contains("does not authenticate")));
+        // Removed on disk: also an error, for a listing and for a read.
         raw("j1", None);
         assert!(matches!(v.t_list(&g), Err(VaultError::Integrity(_))));
+        assert!(matches!(v.t_get(&g, "k1"), Err(VaultError::Integrity(m)) if m.contains("set digest")));
+        assert!(matches!(v.t_delete(&g, "k1"), Err(VaultError::Integrity(m)) if m.contains("set digest")));
+        // While the vault's entries do not match its digest, a read of any absent key reports it.
+        assert!(matches!(v.t_get(&g, "k3"), Err(VaultError::Integrity(m)) if m.contains("set digest")));
         // Put back as it was: listed again.
         let tx = v.db.begin_write().unwrap();
         tx.open_table(RECORDS).unwrap().insert("k1", k1.as_slice()).unwrap();
         tx.commit().unwrap();
         let keys: Vec<String> = v.t_list(&g).unwrap().into_iter().map(|r| r.key).collect();
         assert_eq!(keys, ["k1", "k2"]);
+        assert_eq!(&*v.t_get(&g, "k1").unwrap(), b"one");
+        // A key that was never stored is then simply absent.
+        assert!(matches!(v.t_get(&g, "k3"), Err(VaultError::NotFound(_))));
+        assert!(matches!(v.t_delete(&g, "k3"), Err(VaultError::NotFound(_))));
     }
 
     #[test]
