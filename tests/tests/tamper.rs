@@ -661,6 +661,9 @@ fn deleted_tenant_restored_from_a_full_backup_stays_sealed() {
     );
     let stderr = String::from_utf8_lossy(&undefine.stderr);
     assert!(stderr.contains("auth") || stderr.contains("AUTH"), "{stderr}");
+    // Nor clear the TPM, which would destroy every tenant at once: init took the lockout hierarchy too.
+    let clear = env.tpm.tpm2("tpm2_clear").args(["-c", "l"]).output().expect("tpm2_clear");
+    assert!(!clear.status.success(), "the TPM was cleared with the empty lockout authorization");
 
     std::fs::remove_dir_all(&d).expect("remove data dir");
     copy_tree(&backup, &d);

@@ -32,6 +32,13 @@ pub(crate) const PASSWORD: Tr = sys::ESYS_TR_PASSWORD;
 const NONE: Tr = sys::ESYS_TR_NONE;
 /// The owner hierarchy; its authValue is whatever [`Esys::tr_set_auth`] last set on this connection.
 pub(crate) const RH_OWNER: Tr = sys::ESYS_TR_RH_OWNER;
+/// The lockout hierarchy; its authValue likewise.
+pub(crate) const RH_LOCKOUT: Tr = sys::ESYS_TR_RH_LOCKOUT;
+
+/// TPM_CAP_TPM_PROPERTIES (Part 2, 6.12).
+const CAP_TPM_PROPERTIES: u32 = 0x0000_0006;
+/// TPM_PT_PERMANENT (Part 2, 6.13: PT_VAR + 0), answered as TPMA_PERMANENT.
+const PT_PERMANENT: u32 = 0x0000_0200;
 
 // TPM_SE (Part 2, 6.11) and TPMA_SESSION (Part 2, 8.4) values.
 const SE_HMAC: u8 = 0x00;
@@ -649,14 +656,47 @@ impl Esys {
         Ok((wire.get(2..).unwrap_or_default().to_vec(), name))
     }
 
-    /// TPM2_HierarchyChangeAuth of the owner hierarchy to `new_auth`, authorized (password session) by the
-    /// owner authValue currently set on this connection.
-    pub(crate) fn owner_change_auth(&mut self, new_auth: &[u8]) -> R<()> {
+    /// TPM2_HierarchyChangeAuth of `hierarchy` ([`RH_OWNER`] or [`RH_LOCKOUT`]) to `new_auth`, authorized
+    /// (password session) by that hierarchy's authValue currently set on this connection.
+    pub(crate) fn hierarchy_change_auth(&mut self, hierarchy: Tr, new_auth: &[u8]) -> R<()> {
         let mut a = digest2b("TPM2_HierarchyChangeAuth", new_auth)?;
         // SAFETY: `ctx` is valid; `a` is a valid TPM2B_AUTH the call copies.
-        let rc = unsafe { sys::Esys_HierarchyChangeAuth(self.ctx, RH_OWNER, PASSWORD, NONE, NONE, &a) };
+        let rc = unsafe { sys::Esys_HierarchyChangeAuth(self.ctx, hierarchy, PASSWORD, NONE, NONE, &a) };
         a.buffer.zeroize();
         check("TPM2_HierarchyChangeAuth", rc)
+    }
+
+    /// TPMA_PERMANENT (Part 2, 8.6), from TPM2_GetCapability of TPM_PT_PERMANENT: which hierarchy
+    /// authorizations are set, among others. Needs no authorization.
+    pub(crate) fn permanent_attributes(&mut self) -> R<u32> {
+        const CMD: &str = "TPM2_GetCapability";
+        let mut more: sys::TPMI_YES_NO = 0;
+        let mut data: Out<sys::TPMS_CAPABILITY_DATA> = Out::new();
+        // SAFETY: `ctx` is valid; `more` is a writable byte; the out-slot is freed by `Out`.
+        let rc = unsafe {
+            sys::Esys_GetCapability(
+                self.ctx,
+                NONE,
+                NONE,
+                NONE,
+                CAP_TPM_PROPERTIES,
+                PT_PERMANENT,
+                1,
+                &mut more,
+                data.slot(),
+            )
+        };
+        check(CMD, rc)?;
+        let data = data.read(CMD)?;
+        let malformed = EsysError { cmd: CMD, rc: TpmRc(ESYS_GENERAL_FAILURE) };
+        if data.capability != CAP_TPM_PROPERTIES {
+            return Err(malformed);
+        }
+        // SAFETY: the capability tag says the union holds `tpmProperties` (ESAPI unmarshals the member
+        // the tag selects); every member is plain integers, so reading it is defined in any case.
+        let props = unsafe { data.data.tpmProperties };
+        let count = usize::try_from(props.count).unwrap_or(usize::MAX).min(props.tpmProperty.len());
+        props.tpmProperty[..count].iter().find(|p| p.property == PT_PERMANENT).map(|p| p.value).ok_or(malformed)
     }
 
     /// TPM2_NV_SetBits by the owner.

@@ -114,6 +114,12 @@ pub enum TpmError {
         /// The TPM's response.
         rc: TpmRc,
     },
+    /// The lockout hierarchy's authorization is not the one given.
+    #[error("the TPM's lockout authorization is not the one expected ({rc})")]
+    LockoutAuthMismatch {
+        /// The TPM's response.
+        rc: TpmRc,
+    },
     /// The policy failed although the PCRs match the sealed values: the liveness index the object was
     /// sealed against is gone and another index now sits at its handle (its name differs).
     #[error(
@@ -633,14 +639,40 @@ impl Tpm {
     /// so a wrong guess costs nothing. Afterwards [`Tpm::set_owner_auth`] still decides what later
     /// commands use.
     pub fn change_owner_auth(&self, from: &[u8], to: &[u8]) -> Result<(), TpmError> {
+        self.change_hierarchy_auth(crate::esys::RH_OWNER, from, to, |rc| TpmError::OwnerAuthMismatch { rc })
+    }
+
+    /// TPM2_HierarchyChangeAuth of the lockout hierarchy from `from` to `to` (either may be empty). Unlike
+    /// the owner's, a wrong lockout authorization locks the lockout hierarchy for the TPM's
+    /// lockoutRecovery time (TPM 2.0 Part 1, dictionary-attack protection), so callers first ask
+    /// [`Tpm::lockout_auth_set`] instead of probing. A wrong `from` is [`TpmError::LockoutAuthMismatch`].
+    pub fn change_lockout_auth(&self, from: &[u8], to: &[u8]) -> Result<(), TpmError> {
+        self.change_hierarchy_auth(crate::esys::RH_LOCKOUT, from, to, |rc| TpmError::LockoutAuthMismatch { rc })
+    }
+
+    /// Whether the TPM's lockout authorization is set (TPMA_PERMANENT lockoutAuthSet, read with
+    /// TPM2_GetCapability: no authorization, nothing counted against dictionary-attack protection).
+    pub fn lockout_auth_set(&self) -> Result<bool, TpmError> {
+        /// TPMA_PERMANENT bit 2 (Part 2, 8.6).
+        const LOCKOUT_AUTH_SET: u32 = 1 << 2;
+        self.op(|op| op.esys.permanent_attributes().map(|a| a & LOCKOUT_AUTH_SET != 0).map_err(|e| op.err(e)))
+    }
+
+    fn change_hierarchy_auth(
+        &self,
+        hierarchy: crate::esys::Tr,
+        from: &[u8],
+        to: &[u8],
+        mismatch: impl FnOnce(TpmRc) -> TpmError,
+    ) -> Result<(), TpmError> {
         self.op(|op| {
-            op.esys.tr_set_auth(crate::esys::RH_OWNER, from).map_err(|e| op.err(e))?;
-            let changed = op.esys.owner_change_auth(to);
+            op.esys.tr_set_auth(hierarchy, from).map_err(|e| op.err(e))?;
+            let changed = op.esys.hierarchy_change_auth(hierarchy, to);
             // Back to what `op` set (the next operation sets it again in any case).
-            op.esys.tr_set_auth(crate::esys::RH_OWNER, &[]).map_err(|e| op.err(e))?;
+            op.esys.tr_set_auth(hierarchy, &[]).map_err(|e| op.err(e))?;
             changed.map_err(|e| {
                 if e.rc.is_from_tpm() && matches!(e.rc.base(), codes::BAD_AUTH | codes::AUTH_FAIL) {
-                    TpmError::OwnerAuthMismatch { rc: e.rc }
+                    mismatch(e.rc)
                 } else {
                     op.err(e)
                 }
@@ -1176,6 +1208,41 @@ mod tests {
         tpm.change_owner_auth(&auth, &[]).unwrap();
         tpm.set_owner_auth(None);
         tpm.liveness_ensure_index(2).unwrap();
+    }
+
+    #[test]
+    fn a_lockout_authorization_is_read_from_the_permanent_attributes_and_guards_tpm2_clear() {
+        let dir = tempfile::tempdir().unwrap();
+        let (sw, tpm) = start(&dir.path().join("state"));
+        let clear = || {
+            Command::new("tpm2_clear")
+                .env("TPM2TOOLS_TCTI", sw.tcti())
+                .env("TSS2_LOG", "all+NONE")
+                .args(["-c", "l"])
+                .output()
+                .unwrap()
+        };
+        assert!(!tpm.lockout_auth_set().unwrap(), "a fresh swtpm has an empty lockout authorization");
+        let auth = [0xa5_u8; 32];
+        tpm.change_lockout_auth(&[], &auth).unwrap();
+        assert!(tpm.lockout_auth_set().unwrap());
+        tpm.change_lockout_auth(&auth, &[]).unwrap();
+        assert!(!tpm.lockout_auth_set().unwrap());
+        tpm.change_lockout_auth(&[], &auth).unwrap();
+        // With it set, tpm2_clear under an empty lockout authorization fails and clears nothing: the SRK
+        // and the owner's liveness index are still there.
+        tpm.ensure_srk().unwrap();
+        tpm.liveness_ensure_index(0).unwrap();
+        let out = clear();
+        assert!(!out.status.success(), "tpm2_clear succeeded with an empty lockout authorization");
+        tpm.ensure_srk().unwrap();
+        assert!(tpm.liveness_is_alive(LivenessSlot::new(0, 0).unwrap()).unwrap());
+        // That failure locked the lockout hierarchy (TPM 2.0 Part 1, dictionary-attack protection): even
+        // the right authorization is refused now, with a code that is not a mismatch.
+        let locked = tpm.change_lockout_auth(&auth, &auth).unwrap_err();
+        assert!(!matches!(locked, TpmError::LockoutAuthMismatch { .. }), "{locked:?}");
+        assert!(locked.to_string().contains("LOCKOUT"), "{locked}");
+        assert!(tpm.lockout_auth_set().unwrap(), "reading the attributes needs no authorization");
     }
 
     #[test]

@@ -33,8 +33,11 @@ pub const SIGNING_SEED: &str = "signing-seed";
 /// The appliance's signing seed, sealed by the TPM: `D/appliance/key.sealed`. Written last by `init`.
 const KEY_SEALED: &str = "key.sealed";
 
-/// The TPM owner authorization `init` set, sealed like the appliance key: `D/appliance/owner.sealed`.
+/// The TPM hierarchy authorizations `init` set, sealed like the appliance key: `D/appliance/owner.sealed`
+/// (see [`HierarchyAuths`]).
 const OWNER_SEALED: &str = "owner.sealed";
+/// Length of each hierarchy authorization `init` sets (the SHA-256 digest size, which every TPM accepts).
+const HIERARCHY_AUTH_LEN: usize = 32;
 
 /// What can go wrong running the appliance.
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +114,13 @@ pub enum ApplianceError {
          it; give the appliance a TPM of its own (clear it in the firmware setup or with `tpm2_clear`)"
     )]
     OwnerAuthTaken,
+    /// The TPM's lockout hierarchy already has an authorization Bulwark did not set.
+    #[error(
+        "this TPM's lockout hierarchy already has an authorization value, so Bulwark cannot take ownership of \
+         it (whoever holds it can clear the TPM); give the appliance a TPM of its own (clear it in the firmware \
+         setup or with `tpm2_clear`)"
+    )]
+    LockoutAuthTaken,
     /// Development mode was asked for with a profile that expects a real TPM.
     #[error(
         "--danger-dev-unbound-executable is only for development profiles on a swtpm (such as dev-swtpm); \
@@ -377,6 +387,33 @@ fn prove_owner_auth_empty(tpm: &bulwark_tpm::Tpm) -> Result<(), ApplianceError> 
     })
 }
 
+/// Reads TPMA_PERMANENT (no authorization, so nothing counts against the lockout hierarchy's
+/// dictionary-attack protection) and refuses a TPM whose lockout authorization is set.
+fn prove_lockout_auth_empty(tpm: &bulwark_tpm::Tpm) -> Result<(), ApplianceError> {
+    if tpm.lockout_auth_set()? { Err(ApplianceError::LockoutAuthTaken) } else { Ok(()) }
+}
+
+/// What `owner.sealed` holds: the owner authorization `init` set, then the lockout authorization (data
+/// dirs initialised before Bulwark took the lockout hierarchy hold the owner's only).
+struct HierarchyAuths {
+    owner: SecretBytes,
+    lockout: Option<SecretBytes>,
+}
+
+impl HierarchyAuths {
+    fn from_unsealed(bytes: &SecretBytes) -> Option<Self> {
+        let b = bytes.expose_secret();
+        match b.len() {
+            HIERARCHY_AUTH_LEN => Some(Self { owner: SecretBytes::from_slice(b), lockout: None }),
+            n if n == 2 * HIERARCHY_AUTH_LEN => {
+                let (owner, lockout) = b.split_at(HIERARCHY_AUTH_LEN);
+                Some(Self { owner: SecretBytes::from_slice(owner), lockout: Some(SecretBytes::from_slice(lockout)) })
+            }
+            _ => None,
+        }
+    }
+}
+
 /// Resolves a profile choice: an embedded id, or a path to a profile file.
 pub fn resolve_profile(choice: &str) -> Result<(HwProfile, Vec<u8>), ApplianceError> {
     let bytes = match bulwark_boot::profile::embedded(choice) {
@@ -427,6 +464,7 @@ impl Appliance {
             let machine = Machine::open(tpm_choice, &dd)?;
             machine.tpm.ensure_srk()?;
             prove_owner_auth_empty(&machine.tpm)?;
+            prove_lockout_auth_empty(&machine.tpm)?;
         }
         dd.initialise(&config, &bytes)?;
         // From here on a failure leaves a half-initialised dir (its config is measured into the runtime
@@ -458,16 +496,27 @@ impl Appliance {
             return Err(mismatch(format!("development mode {state}")));
         }
         let mut me = Self::open_unchecked(dd, tpm_choice)?;
-        // The unfinished init may have taken ownership already: give it back (its authorization is in
-        // `owner.sealed`), so the key is made again from the same starting point as a fresh init.
-        if let Some(owner) = me.unseal_owner_auth()? {
-            match me.machine.tpm.change_owner_auth(owner.expose_secret(), &[]) {
+        // The unfinished init may have taken ownership already: give it back (the authorizations are in
+        // `owner.sealed`), so the key is made again from the same starting point as a fresh init. The
+        // lockout authorization is tried only when the TPM says one is set: a wrong one would lock the
+        // lockout hierarchy out.
+        if let Some(auths) = me.unseal_hierarchy_auths()? {
+            match me.machine.tpm.change_owner_auth(auths.owner.expose_secret(), &[]) {
                 Ok(()) | Err(TpmError::OwnerAuthMismatch { .. }) => {}
                 Err(e) => return Err(e.into()),
+            }
+            if let Some(lockout) = auths.lockout
+                && me.machine.tpm.lockout_auth_set()?
+            {
+                match me.machine.tpm.change_lockout_auth(lockout.expose_secret(), &[]) {
+                    Ok(()) | Err(TpmError::LockoutAuthMismatch { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
             }
         }
         me.machine.tpm.set_owner_auth(None);
         prove_owner_auth_empty(&me.machine.tpm)?;
+        prove_lockout_auth_empty(&me.machine.tpm)?;
         // An appliance ledger without a sealed key belongs to a seed that was never kept: nothing can
         // sign for it or open it, so it is removed before the key is made again.
         let dir = me.dd.appliance_dir();
@@ -479,10 +528,10 @@ impl Appliance {
     }
 
     /// Creates the appliance's signing key (sealed like a tenant KEK, with its own liveness slot and
-    /// recovery secret) and its ledger, and takes ownership of the TPM: a random owner authorization,
-    /// sealed the same way (`owner.sealed`), so that nobody else can undefine a liveness index and
-    /// revive deleted tenants. The sealed key is written last: its presence marks the data dir as fully
-    /// initialised.
+    /// recovery secret) and its ledger, and takes ownership of the TPM: random owner and lockout
+    /// authorizations, sealed together the same way (`owner.sealed`), so that nobody else can undefine
+    /// a liveness index and revive deleted tenants, or clear the TPM. The sealed key is written last:
+    /// its presence marks the data dir as fully initialised.
     fn create_appliance_key(&mut self) -> Result<RecoverySecret, ApplianceError> {
         let aid = self.appliance_id()?;
         let slot = self.registry_mut()?.allocate_slot()?;
@@ -493,12 +542,17 @@ impl Appliance {
         let sealed = self.machine.tpm.seal(seed.expose_secret(), &policy, &auth[..])?;
         let dir = self.dd.appliance_dir();
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-        // Ownership: the sealed authorization is durable before the TPM uses it, so it is never lost.
-        let owner = SecretKey::random();
-        let owner_sealed = self.machine.tpm.seal(owner.expose_secret(), &policy, &auth[..])?;
+        // Ownership: the sealed authorizations are durable before the TPM uses them, so they are never
+        // lost.
+        let (owner, lockout) = (SecretKey::random(), SecretKey::random());
+        let mut both = zeroize::Zeroizing::new(Vec::with_capacity(2 * HIERARCHY_AUTH_LEN));
+        both.extend_from_slice(owner.expose_secret());
+        both.extend_from_slice(lockout.expose_secret());
+        let owner_sealed = self.machine.tpm.seal(&both, &policy, &auth[..])?;
         let owner_path = dir.join(OWNER_SEALED);
         write_durable(&owner_path, &owner_sealed.to_bytes()).map_err(io(&owner_path))?;
         self.machine.tpm.change_owner_auth(&[], owner.expose_secret())?;
+        self.machine.tpm.change_lockout_auth(&[], lockout.expose_secret())?;
         self.machine.tpm.set_owner_auth(Some(SecretBytes::from_slice(owner.expose_secret())));
         let signer = LedgerSigner::appliance(aid, &seed)?;
         Gate::create(&dir.join("ledger"), signer, self.runtime_state()?)?.close()?;
@@ -507,26 +561,34 @@ impl Appliance {
         Ok(recovery)
     }
 
-    /// The owner authorization `init` sealed in `D/appliance/owner.sealed`, unsealed; `None` for a data
-    /// dir that never took ownership.
-    fn unseal_owner_auth(&mut self) -> Result<Option<SecretBytes>, ApplianceError> {
+    /// The hierarchy authorizations `init` sealed in `D/appliance/owner.sealed`, unsealed; `None` for a
+    /// data dir that never took ownership.
+    fn unseal_hierarchy_auths(&mut self) -> Result<Option<HierarchyAuths>, ApplianceError> {
         let path = self.dd.appliance_dir().join(OWNER_SEALED);
         if !path.exists() {
             return Ok(None);
         }
         let sealed = self.load_appliance_sealed(OWNER_SEALED)?;
-        let owner = self
+        let unsealed = self
             .machine
             .tpm
             .unseal(&sealed, UnsealAuth::MeasuredState)
             .map_err(|e| self.classify_appliance(OWNER_SEALED, e))?;
-        Ok(Some(owner))
+        HierarchyAuths::from_unsealed(&unsealed).map(Some).ok_or_else(|| ApplianceError::ApplianceKeyCorrupt {
+            path: path.display().to_string(),
+            source: format!(
+                "it unseals to {} bytes, not {HIERARCHY_AUTH_LEN} or {}",
+                unsealed.len(),
+                2 * HIERARCHY_AUTH_LEN
+            )
+            .into(),
+        })
     }
 
     /// Makes the owner-authorized commands that follow (liveness index define and writes) use the owner
     /// authorization this appliance holds, if it took ownership.
     fn as_owner(&mut self) -> Result<(), ApplianceError> {
-        let owner = self.unseal_owner_auth()?;
+        let owner = self.unseal_hierarchy_auths()?.map(|a| a.owner);
         self.machine.tpm.set_owner_auth(owner);
         Ok(())
     }

@@ -10,7 +10,7 @@
 //! D/tenants/<id>/vault.redb the tenant's records (and its signing seed, under its DEK)
 //! D/tenants/<id>/ledger/    the tenant's attestation ledger (tlog tiles, signed checkpoints)
 //! D/appliance/key.sealed    the appliance's signing seed, sealed by the TPM (written last by init)
-//! D/appliance/owner.sealed  the TPM owner authorization init set, sealed the same way
+//! D/appliance/owner.sealed  the TPM owner and lockout authorizations init set, sealed the same way
 //! D/appliance/ledger/       the appliance ledger (tenant lifecycle, keys published)
 //! ```
 
