@@ -243,6 +243,31 @@ fn an_init_that_stopped_half_way_is_finished_by_init() {
 }
 
 #[test]
+fn init_refuses_a_tpm_whose_owner_or_lockout_authorization_someone_else_set() {
+    let env = Env::new();
+    let changeauth = |args: &[&str]| {
+        let out = env.tpm.tpm2("tpm2_changeauth").args(args).output().expect("tpm2_changeauth");
+        assert!(out.status.success(), "tpm2_changeauth {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let config = env.data_dir().join("appliance.toml");
+    changeauth(&["-c", "l", "someone-else"]);
+    env.run(&["init"]).fails_with(&["lockout hierarchy already has an authorization", "tpm2_clear"]);
+    assert!(!config.exists(), "a refused init wrote the config");
+    changeauth(&["-c", "l", "-p", "someone-else"]);
+    changeauth(&["-c", "o", "someone-else"]);
+    env.run(&["init"]).fails_with(&["owner hierarchy already has an authorization", "tpm2_clear"]);
+    assert!(!config.exists(), "a refused init wrote the config");
+    changeauth(&["-c", "o", "-p", "someone-else"]);
+    // Both empty again: init takes both, and someone else can no longer change either.
+    env.init();
+    let out = env.tpm.tpm2("tpm2_changeauth").args(["-c", "o", "mine"]).output().expect("tpm2_changeauth");
+    assert!(!out.status.success(), "the owner authorization changed without the one init set");
+    let t = env.create_tenant("legal");
+    env.put(&t.id, "k", b"v");
+    env.assert_get(&t.id, "k", b"v");
+}
+
+#[test]
 fn init_refused_by_a_foreign_measurement_says_what_to_do_and_can_be_run_again() {
     let mut env = Env::new();
     // Something else measured into the runtime PCR in this boot cycle.

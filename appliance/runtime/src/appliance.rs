@@ -462,9 +462,11 @@ impl Appliance {
         // behind and can simply be run again.
         {
             let machine = Machine::open(tpm_choice, &dd)?;
-            machine.tpm.ensure_srk()?;
+            // Ownership first: creating the SRK would otherwise fail on a taken owner hierarchy with a
+            // bare TPM code.
             prove_owner_auth_empty(&machine.tpm)?;
             prove_lockout_auth_empty(&machine.tpm)?;
+            machine.tpm.ensure_srk()?;
         }
         dd.initialise(&config, &bytes)?;
         // From here on a failure leaves a half-initialised dir (its config is measured into the runtime
