@@ -34,11 +34,17 @@ const NONE: Tr = sys::ESYS_TR_NONE;
 pub(crate) const RH_OWNER: Tr = sys::ESYS_TR_RH_OWNER;
 /// The lockout hierarchy; its authValue likewise.
 pub(crate) const RH_LOCKOUT: Tr = sys::ESYS_TR_RH_LOCKOUT;
+/// The platform hierarchy; its authValue is never set on a connection (always the empty one).
+const RH_PLATFORM: Tr = sys::ESYS_TR_RH_PLATFORM;
+/// TPM_RH_PLATFORM as a TPM handle (Part 2, 7.4), the `enable` operand of TPM2_HierarchyControl.
+const TPM_RH_PLATFORM: u32 = 0x4000_000C;
 
 /// TPM_CAP_TPM_PROPERTIES (Part 2, 6.12).
 const CAP_TPM_PROPERTIES: u32 = 0x0000_0006;
 /// TPM_PT_PERMANENT (Part 2, 6.13: PT_VAR + 0), answered as TPMA_PERMANENT.
 const PT_PERMANENT: u32 = 0x0000_0200;
+/// TPM_PT_STARTUP_CLEAR (Part 2, 6.13: PT_VAR + 1), answered as TPMA_STARTUP_CLEAR.
+const PT_STARTUP_CLEAR: u32 = 0x0000_0201;
 
 // TPM_SE (Part 2, 6.11) and TPMA_SESSION (Part 2, 8.4) values.
 const SE_HMAC: u8 = 0x00;
@@ -666,25 +672,35 @@ impl Esys {
         check("TPM2_HierarchyChangeAuth", rc)
     }
 
+    /// TPM2_HierarchyControl disabling the platform hierarchy (`enable` = TPM_RH_PLATFORM, `state` = NO)
+    /// under the platform's authValue, which this layer leaves empty. Disabled, the platform hierarchy
+    /// answers nothing until the TPM's next TPM2_Startup(CLEAR) (Part 3, TPM2_HierarchyControl).
+    pub(crate) fn disable_platform_hierarchy(&mut self) -> R<()> {
+        // SAFETY: `ctx` is valid; both operands are plain integers.
+        let rc = unsafe { sys::Esys_HierarchyControl(self.ctx, RH_PLATFORM, PASSWORD, NONE, NONE, TPM_RH_PLATFORM, 0) };
+        check("TPM2_HierarchyControl", rc)
+    }
+
     /// TPMA_PERMANENT (Part 2, 8.6), from TPM2_GetCapability of TPM_PT_PERMANENT: which hierarchy
     /// authorizations are set, among others. Needs no authorization.
     pub(crate) fn permanent_attributes(&mut self) -> R<u32> {
+        self.variable_property(PT_PERMANENT)
+    }
+
+    /// TPMA_STARTUP_CLEAR (Part 2, 8.7), from TPM2_GetCapability of TPM_PT_STARTUP_CLEAR: which
+    /// hierarchies are enabled since the last TPM2_Startup, among others. Needs no authorization.
+    pub(crate) fn startup_clear_attributes(&mut self) -> R<u32> {
+        self.variable_property(PT_STARTUP_CLEAR)
+    }
+
+    /// One TPM property of the PT_VAR group (Part 2, 6.13) by TPM2_GetCapability(TPM_CAP_TPM_PROPERTIES).
+    fn variable_property(&mut self, property: u32) -> R<u32> {
         const CMD: &str = "TPM2_GetCapability";
         let mut more: sys::TPMI_YES_NO = 0;
         let mut data: Out<sys::TPMS_CAPABILITY_DATA> = Out::new();
         // SAFETY: `ctx` is valid; `more` is a writable byte; the out-slot is freed by `Out`.
         let rc = unsafe {
-            sys::Esys_GetCapability(
-                self.ctx,
-                NONE,
-                NONE,
-                NONE,
-                CAP_TPM_PROPERTIES,
-                PT_PERMANENT,
-                1,
-                &mut more,
-                data.slot(),
-            )
+            sys::Esys_GetCapability(self.ctx, NONE, NONE, NONE, CAP_TPM_PROPERTIES, property, 1, &mut more, data.slot())
         };
         check(CMD, rc)?;
         let data = data.read(CMD)?;
@@ -696,7 +712,7 @@ impl Esys {
         // the tag selects); every member is plain integers, so reading it is defined in any case.
         let props = unsafe { data.data.tpmProperties };
         let count = usize::try_from(props.count).unwrap_or(usize::MAX).min(props.tpmProperty.len());
-        props.tpmProperty[..count].iter().find(|p| p.property == PT_PERMANENT).map(|p| p.value).ok_or(malformed)
+        props.tpmProperty[..count].iter().find(|p| p.property == property).map(|p| p.value).ok_or(malformed)
     }
 
     /// TPM2_NV_SetBits by the owner.

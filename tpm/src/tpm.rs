@@ -120,6 +120,13 @@ pub enum TpmError {
         /// The TPM's response.
         rc: TpmRc,
     },
+    /// The platform hierarchy is open but its authorization is not the empty one, so it cannot be
+    /// closed: another client of this TPM set it.
+    #[error("the TPM's platform hierarchy is open and its authorization was set by someone else ({rc})")]
+    PlatformAuthSet {
+        /// The TPM's response.
+        rc: TpmRc,
+    },
     /// The policy failed although the PCRs match the sealed values: the liveness index the object was
     /// sealed against is gone and another index now sits at its handle (its name differs).
     #[error(
@@ -184,6 +191,18 @@ fn join(v: &[u8]) -> String {
 /// "PCR 7 differs" or "PCRs 4,7 differ".
 fn pcrs_differ(v: &[u8]) -> String {
     if v.len() == 1 { format!("PCR {} differs", join(v)) } else { format!("PCRs {} differ", join(v)) }
+}
+
+/// TPMA_STARTUP_CLEAR bit 0, phEnable (Part 2, 8.7): the platform hierarchy is enabled.
+const PH_ENABLE: u32 = 1 << 0;
+
+/// What [`Tpm::close_platform_hierarchy`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlatformHierarchy {
+    /// It was open; it is closed now, until the TPM's next reset.
+    Closed,
+    /// It was closed already (by firmware, or by an earlier call since the last reset).
+    AlreadyClosed,
 }
 
 /// TPMS_CLOCK_INFO from TPM2_ReadClock.
@@ -656,6 +675,34 @@ impl Tpm {
         /// TPMA_PERMANENT bit 2 (Part 2, 8.6).
         const LOCKOUT_AUTH_SET: u32 = 1 << 2;
         self.op(|op| op.esys.permanent_attributes().map(|a| a & LOCKOUT_AUTH_SET != 0).map_err(|e| op.err(e)))
+    }
+
+    /// Closes the platform hierarchy until the TPM's next reset, as a server's firmware does before the OS
+    /// runs: TPM2_HierarchyControl(TPM_RH_PLATFORM, NO) under the platform's authorization, which a TPM
+    /// has empty after TPM2_Startup(CLEAR) until someone sets it. Afterwards nothing can use the platform
+    /// hierarchy (TPM2_Clear, NV_UndefineSpace of owner indices, platform NV) until the next power cycle.
+    /// Reads TPMA_STARTUP_CLEAR first, so a hierarchy already closed is left as it is. A platform
+    /// authorization someone else has set is [`TpmError::PlatformAuthSet`] (the platform's authorization
+    /// is not dictionary-attack protected, so the attempt costs nothing).
+    pub fn close_platform_hierarchy(&self) -> Result<PlatformHierarchy, TpmError> {
+        self.op(|op| {
+            if op.esys.startup_clear_attributes().map_err(|e| op.err(e))? & PH_ENABLE == 0 {
+                return Ok(PlatformHierarchy::AlreadyClosed);
+            }
+            op.esys.disable_platform_hierarchy().map_err(|e| {
+                if e.rc.is_from_tpm() && matches!(e.rc.base(), codes::BAD_AUTH | codes::AUTH_FAIL) {
+                    TpmError::PlatformAuthSet { rc: e.rc }
+                } else {
+                    op.err(e)
+                }
+            })?;
+            Ok(PlatformHierarchy::Closed)
+        })
+    }
+
+    /// Whether the platform hierarchy is enabled (TPMA_STARTUP_CLEAR phEnable; no authorization needed).
+    pub fn platform_hierarchy_enabled(&self) -> Result<bool, TpmError> {
+        self.op(|op| op.esys.startup_clear_attributes().map(|a| a & PH_ENABLE != 0).map_err(|e| op.err(e)))
     }
 
     fn change_hierarchy_auth(
@@ -1208,6 +1255,48 @@ mod tests {
         tpm.change_owner_auth(&auth, &[]).unwrap();
         tpm.set_owner_auth(None);
         tpm.liveness_ensure_index(2).unwrap();
+    }
+
+    #[test]
+    fn a_closed_platform_hierarchy_refuses_clear_and_undefine_until_the_next_power_cycle() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let (sw, tpm) = start(&state);
+        let tool = |sw: &Swtpm, args: &[&str]| {
+            Command::new(args[0])
+                .env("TPM2TOOLS_TCTI", sw.tcti())
+                .env("TSS2_LOG", "all+NONE")
+                .args(&args[1..])
+                .output()
+                .unwrap()
+        };
+        tpm.ensure_srk().unwrap();
+        tpm.liveness_ensure_index(0).unwrap();
+        let index = format!("{:#x}", LIVENESS_NV_BASE);
+        assert!(tpm.platform_hierarchy_enabled().unwrap(), "a swtpm after startup-clear has it open");
+        assert_eq!(tpm.close_platform_hierarchy().unwrap(), PlatformHierarchy::Closed);
+        assert!(!tpm.platform_hierarchy_enabled().unwrap());
+        assert_eq!(tpm.close_platform_hierarchy().unwrap(), PlatformHierarchy::AlreadyClosed);
+        // Neither a clear nor an undefine of the owner's index goes through the platform now.
+        let out = tool(&sw, &["tpm2_clear", "-c", "p"]);
+        assert!(!out.status.success(), "tpm2_clear -c p succeeded on a closed platform hierarchy");
+        let out = tool(&sw, &["tpm2_nvundefine", "-C", "p", &index]);
+        assert!(!out.status.success(), "tpm2_nvundefine -C p succeeded on a closed platform hierarchy");
+        tpm.ensure_srk().unwrap();
+        assert!(tpm.liveness_is_alive(LivenessSlot::new(0, 0).unwrap()).unwrap());
+        drop(tpm);
+        sw.stop();
+
+        // A power cycle opens it again (TPM2_Startup(CLEAR)); with a platform authorization someone else
+        // set, it cannot be closed and says so.
+        let (sw, tpm) = start(&state);
+        assert!(tpm.platform_hierarchy_enabled().unwrap());
+        let out = tool(&sw, &["tpm2_changeauth", "-c", "p", "someone-else"]);
+        assert!(out.status.success(), "tpm2_changeauth -c p: {}", String::from_utf8_lossy(&out.stderr));
+        let err = tpm.close_platform_hierarchy().unwrap_err();
+        assert!(matches!(err, TpmError::PlatformAuthSet { .. }), "{err:?}");
+        assert!(err.to_string().contains("platform hierarchy"), "{err}");
+        assert!(tpm.platform_hierarchy_enabled().unwrap());
     }
 
     #[test]

@@ -82,7 +82,8 @@ fn lock_with_wait(path: &Path, wait: Duration) -> Result<File, MachineError> {
 
 impl Machine {
     /// Opens the TPM named by `choice` for data dir `dd`. With `auto` and no TPM device, starts a swtpm on
-    /// `D/swtpm` for the life of this value (one bulwark process at a time per data dir; others wait).
+    /// `D/swtpm` for the life of this value (one bulwark process at a time per data dir; others wait) and
+    /// closes its platform hierarchy before anything else uses it.
     pub fn open(choice: &str, dd: &DataDir) -> Result<Self, MachineError> {
         let (spec, swtpm, lock) = if choice == "auto" {
             if Path::new(TPM_DEVICE).exists() {
@@ -100,6 +101,13 @@ impl Machine {
             (spec, None, None)
         };
         let tpm = Tpm::open(&spec)?;
+        if swtpm.is_some() {
+            // A swtpm started with startup-clear comes up with its platform hierarchy open under an empty
+            // authorization: anyone reaching its port could TPM2_Clear it or undefine the liveness
+            // indices. Close it first, as a server's firmware does before the OS runs; it stays closed
+            // until this swtpm stops.
+            tpm.close_platform_hierarchy()?;
+        }
         Ok(Machine { tpm, spec, _swtpm: swtpm, _swtpm_lock: lock })
     }
 
@@ -111,5 +119,27 @@ impl Machine {
     /// Whether the appliance manages the swtpm behind this TPM.
     pub fn is_managed_swtpm(&self) -> bool {
         self._swtpm.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_managed_swtpm_comes_up_with_its_platform_hierarchy_closed() {
+        if Path::new(TPM_DEVICE).exists() {
+            eprintln!("skipped: {TPM_DEVICE} exists, so `auto` uses it instead of a managed swtpm");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let dd = DataDir::new(d.path()).unwrap();
+        let m = Machine::open("auto", &dd).unwrap();
+        assert!(m.is_managed_swtpm());
+        assert!(!m.tpm.platform_hierarchy_enabled().unwrap());
+        drop(m);
+        // Every start is a power cycle that opens it again; every open closes it again.
+        let m = Machine::open("auto", &dd).unwrap();
+        assert!(!m.tpm.platform_hierarchy_enabled().unwrap());
     }
 }
