@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 use bulwark_tpm::swtpm::Swtpm;
 use bulwark_tpm::{PlatformHierarchy, TctiSpec, Tpm};
 
+mod machine;
+
 type BoxErr = Box<dyn std::error::Error>;
 
 fn stats(mut v: Vec<Duration>) -> (f64, f64) {
@@ -51,14 +53,7 @@ fn main() -> Result<(), BoxErr> {
         drop(tpm);
         sw.stop();
     }
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_default();
+    let cpu = machine::cpu_model();
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     println!("platform bench: N={n} power cycles of one swtpm, {cores} cores, {cpu}");
     let (am, ap) = stats(a);

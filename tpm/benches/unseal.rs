@@ -17,6 +17,7 @@ use bulwark_tpm::swtpm::Swtpm;
 use bulwark_tpm::{LivenessSlot, PcrBank, SealPolicy, SessionEncryption, TctiSpec, Tpm, TpmOptions, UnsealAuth};
 
 mod esapi_anchor;
+mod machine;
 use esapi_anchor::AnchorObject;
 
 type BoxErr = Box<dyn std::error::Error>;
@@ -83,14 +84,7 @@ fn main() -> Result<(), BoxErr> {
     let (am, ap) = stats(a);
     let (bm, bp) = stats(b);
     let (cm, cp) = stats(c);
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_default();
+    let cpu = machine::cpu_model();
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     println!("unseal bench: N={n} per path, swtpm {}, {cores} cores, {cpu}", sw.tcti());
     println!("(a) anchor tss-esapi Load+PolicyPCR+Unseal+Flush      median {:.3} ms  p99 {:.3} ms", ms(am), ms(ap));
