@@ -51,7 +51,7 @@ pub use seal::{
     MAX_RECOVERY_AUTH, MAX_SEALED_SECRET, SEALED_ATTRIBUTES, SealPolicy, SealedFormatError, SealedObject, UnsealAuth,
 };
 pub use secret::SecretBytes;
-pub use tcti::{TctiParseError, TctiSpec};
+pub use tcti::{SWTPM_SOCKET, TctiParseError, TctiSpec};
 pub use tpm::{
     ClockInfo, LIVENESS_NV_ATTRIBUTES, LIVENESS_NV_BASE, LivenessSlot, PlatformHierarchy, PolicyStep, SRK_ATTRIBUTES,
     SRK_HANDLE, SessionEncryption, Tpm, TpmError, TpmOptions, hash_for_bank,

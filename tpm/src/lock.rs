@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 use crate::tcti::TctiSpec;
 
 /// Where the lock file for `spec` lives: `/run/lock/bulwark-tpm.lock` for a device (falling back to
-/// the temp dir when `/run/lock` is absent), `<tmp>/bulwark-tpm-swtpm-<host>-<port>.lock` for swtpm.
+/// the temp dir when `/run/lock` is absent), `<tmp>/bulwark-tpm-swtpm-<host>-<port>.lock` for a TCP
+/// swtpm, `<state dir>/tpm.lock` for a swtpm on a Unix socket.
 pub fn lock_path(spec: &TctiSpec) -> PathBuf {
     match spec {
         TctiSpec::Device { .. } => {
@@ -26,6 +27,7 @@ pub fn lock_path(spec: &TctiSpec) -> PathBuf {
                 host.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' }).collect();
             std::env::temp_dir().join(format!("bulwark-tpm-swtpm-{safe}-{port}.lock"))
         }
+        TctiSpec::SwtpmSocket { dir } => dir.join("tpm.lock"),
     }
 }
 

@@ -1,22 +1,26 @@
-//! A software TPM (swtpm) process that Bulwark starts, owns and stops.
+//! A software TPM (swtpm) process that Bulwark starts, owns and stops, in two kinds.
 //!
-//! Used where a machine has no TPM device: the appliance's embedded default starts one for its data dir,
-//! and every test starts its own (swtpm has no resource manager and only three object slots, so two
-//! users of one swtpm would evict each other's objects).
+//! - [`PrivateSwtpm`], the appliance's embedded default where a machine has no TPM device: one per data
+//!   dir, for as long as a bulwark command runs, reachable only through a Unix socket in its owner-only
+//!   state dir (no TCP port, no control channel). The TSS talks to it through its `cmd` TCTI, which runs
+//!   socat as a relay ([`TctiSpec::SwtpmSocket`]), because its swtpm TCTI speaks TCP only and insists on a
+//!   control port besides.
+//! - [`Swtpm`], on a pair of loopback TCP ports: what every test starts for itself (swtpm has no resource
+//!   manager and only three object slots, so two users of one swtpm would evict each other's objects), and
+//!   what `--tpm swtpm:host=…,port=…` expects someone to have started.
 //!
 //! Lessons this module encodes: swtpm is started in the foreground as our child and killed by PID (never
-//! `--daemon`); it listens on TCP because tss-esapi 7.7 ignores `swtpm:path=`; its control channel is the
-//! data port plus one, which is what the swtpm TCTI assumes; it is started with
-//! `--flags not-need-init,startup-clear` so it is usable without a separate init step; its state dir is
-//! absolute.
+//! `--daemon`); on TCP its control channel is the data port plus one, which is what the swtpm TCTI assumes
+//! (tss-esapi 7.7 ignores `swtpm:path=`); it is started with `--flags not-need-init,startup-clear` so it
+//! is usable without a separate init step; its state dir is absolute.
 //!
 //! Readiness is ownership, not reachability: a connect to the port succeeds just as well when another
 //! process (say, another test's swtpm that bound the port between our probe and our child's bind) holds
 //! it, while our child exits with a bind failure. So a start is complete only when the kernel's socket
-//! table (`/proc/self/net/tcp{,6}`) lists a LISTEN socket on each of the two ports, every such socket a
-//! connect to 127.0.0.1 could reach is one of our child's open files (`/proc/<pid>/fd`), and the child
-//! is still running after a short grace period. A port held by anyone else is [`SwtpmError::PortTaken`].
-//! Linux only, as is swtpm's use here.
+//! table (`/proc/self/net/tcp{,6}`, or `/proc/self/net/unix` for the socket kind) lists a listening socket
+//! on each of the ports, every such socket a connect to 127.0.0.1 could reach is one of our child's open
+//! files (`/proc/<pid>/fd`), and the child is still running after a short grace period. A port held by
+//! anyone else is [`SwtpmError::PortTaken`]. Linux only, as is swtpm's use here.
 
 use std::collections::HashSet;
 use std::io;
@@ -25,6 +29,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
+
+use crate::tcti::{SWTPM_SOCKET, TctiSpec};
 
 /// What can go wrong starting or stopping a swtpm.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +69,25 @@ pub enum SwtpmError {
     PortTaken {
         /// The port.
         port: u16,
+    },
+    /// socat, which relays the TSS's command stream to a swtpm on a Unix socket, is not installed.
+    #[error("socat was not found on PATH; install it with `apt-get install socat`")]
+    RelayNotInstalled,
+    /// Another swtpm already listens on this state dir's socket.
+    #[error("a swtpm already runs on {0}; stop it first")]
+    InUse(PathBuf),
+    /// A state dir whose path is not UTF-8 (the TSS takes its configuration as a string).
+    #[error("swtpm state directory {0:?} is not valid UTF-8")]
+    StateDirName(PathBuf),
+    /// swtpm exited or never listened on its Unix socket within the start timeout.
+    #[error("swtpm did not come up on {path} within {timeout_ms} ms (exit status: {status})")]
+    SocketNotReady {
+        /// The socket it was asked to listen on.
+        path: PathBuf,
+        /// How long we waited.
+        timeout_ms: u128,
+        /// The process' exit status, if it exited.
+        status: String,
     },
     /// The kernel's socket tables could not be read, so whether our swtpm owns its port is unknown.
     #[error("cannot check which process listens on 127.0.0.1:{port}")]
@@ -124,24 +149,15 @@ impl Swtpm {
         let ctrl = port
             .checked_add(1)
             .ok_or_else(|| SwtpmError::NoPorts(io::Error::other("port 65535 has no control port")))?;
-        let child = Command::new("swtpm")
-            .arg("socket")
-            .arg("--tpm2")
-            .arg("--tpmstate")
-            .arg(format!("dir={}", state_dir.display()))
-            .arg("--server")
-            .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
-            .arg("--ctrl")
-            .arg(format!("type=tcp,port={ctrl},bindaddr=127.0.0.1"))
-            .arg("--flags")
-            .arg("not-need-init,startup-clear")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| {
-                if e.kind() == io::ErrorKind::NotFound { SwtpmError::NotInstalled } else { SwtpmError::Spawn(e) }
-            })?;
+        let child = spawn_swtpm(
+            &state_dir,
+            &[
+                "--server",
+                &format!("type=tcp,port={port},bindaddr=127.0.0.1"),
+                "--ctrl",
+                &format!("type=tcp,port={ctrl},bindaddr=127.0.0.1"),
+            ],
+        )?;
         // From here on, an error drops `me`, which kills and reaps the child.
         let mut me = Swtpm { child, port, state_dir };
         me.wait_listening(ctrl)?;
@@ -240,6 +256,158 @@ impl Drop for Swtpm {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A swtpm that only processes able to enter its state dir can reach: it listens on the Unix socket
+/// [`SWTPM_SOCKET`] in that dir (mode 0700, socket 0600) and on no TCP port, and has no control channel.
+/// The TSS reaches it through its `cmd` TCTI, which runs socat as a relay ([`TctiSpec::SwtpmSocket`]).
+/// This is the swtpm the appliance starts for a data dir: a TCP swtpm answers any local process, which
+/// could use the platform hierarchy it comes up with, or power-cycle it over the control port (which
+/// opens that hierarchy again). Killed when dropped.
+#[derive(Debug)]
+pub struct PrivateSwtpm {
+    child: Child,
+    state_dir: PathBuf,
+}
+
+impl PrivateSwtpm {
+    /// Starts a swtpm whose state lives in `state_dir` (created if missing, then restricted to its owner).
+    /// A socket left by an earlier swtpm of this dir is removed first; the caller must make sure no other
+    /// swtpm runs on this dir (the appliance holds the data dir's swtpm lock).
+    pub fn start(state_dir: &Path) -> Result<Self, SwtpmError> {
+        use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+        if !on_path("socat") {
+            return Err(SwtpmError::RelayNotInstalled);
+        }
+        let dir_error = |source| SwtpmError::StateDir { path: state_dir.to_path_buf(), source };
+        std::fs::create_dir_all(state_dir).map_err(dir_error)?;
+        let state_dir = std::fs::canonicalize(state_dir).map_err(dir_error)?;
+        if state_dir.to_str().is_none() {
+            return Err(SwtpmError::StateDirName(state_dir));
+        }
+        let dir_error = |source| SwtpmError::StateDir { path: state_dir.clone(), source };
+        std::fs::set_permissions(&state_dir, std::fs::Permissions::from_mode(0o700)).map_err(dir_error)?;
+        let socket = state_dir.join(SWTPM_SOCKET);
+        match std::fs::symlink_metadata(&socket) {
+            // A socket that accepts a connection has a live swtpm behind it: leave it alone.
+            Ok(m) if m.file_type().is_socket() && std::os::unix::net::UnixStream::connect(&socket).is_ok() => {
+                return Err(SwtpmError::InUse(socket));
+            }
+            // Left behind by a swtpm that was killed: nothing listens on it any more.
+            Ok(m) if m.file_type().is_socket() => std::fs::remove_file(&socket).map_err(dir_error)?,
+            Ok(_) => {
+                return Err(dir_error(io::Error::other(format!("{} exists and is not a socket", socket.display()))));
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(dir_error(e)),
+        }
+        // The socket path is relative to the state dir (swtpm's working dir), so its length never matters.
+        let child = spawn_swtpm(&state_dir, &["--server", &format!("type=unixio,path={SWTPM_SOCKET},mode=0600")])?;
+        let mut me = PrivateSwtpm { child, state_dir };
+        me.wait_listening(&socket)?;
+        Ok(me)
+    }
+
+    /// Waits until our child listens on a Unix socket at `socket` and has kept running for
+    /// [`START_GRACE`] since.
+    fn wait_listening(&mut self, socket: &Path) -> Result<(), SwtpmError> {
+        let started = Instant::now();
+        let pid = self.child.id();
+        let mut ready_since: Option<Instant> = None;
+        loop {
+            let not_ready = |status: String| SwtpmError::SocketNotReady {
+                path: socket.to_path_buf(),
+                timeout_ms: started.elapsed().as_millis(),
+                status,
+            };
+            if let Some(status) = self.child.try_wait().ok().flatten() {
+                return Err(not_ready(status.to_string()));
+            }
+            let listening = unix_listeners()
+                .map_err(|source| SwtpmError::StateDir { path: self.state_dir.clone(), source })?
+                .into_iter()
+                .any(|inode| socket_inodes(pid).contains(&inode));
+            if listening && socket.exists() {
+                if ready_since.get_or_insert_with(Instant::now).elapsed() >= START_GRACE {
+                    return Ok(());
+                }
+            } else {
+                ready_since = None;
+            }
+            if started.elapsed() > START_TIMEOUT {
+                return Err(not_ready("still running".into()));
+            }
+            sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The endpoint to open this swtpm with.
+    pub fn spec(&self) -> TctiSpec {
+        TctiSpec::SwtpmSocket { dir: self.state_dir.clone() }
+    }
+
+    /// The absolute state directory.
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for PrivateSwtpm {
+    fn drop(&mut self) {
+        // Ignoring errors: the child may already have exited, in which case there is nothing to stop.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(self.state_dir.join(SWTPM_SOCKET));
+    }
+}
+
+/// Spawns `swtpm socket --tpm2` on the absolute `state_dir` (also its working dir) with the channel
+/// arguments `channels`, usable at once (`not-need-init,startup-clear`), its output discarded.
+fn spawn_swtpm(state_dir: &Path, channels: &[&str]) -> Result<Child, SwtpmError> {
+    Command::new("swtpm")
+        .current_dir(state_dir)
+        .args(["socket", "--tpm2", "--tpmstate"])
+        .arg(format!("dir={}", state_dir.display()))
+        .args(channels)
+        .args(["--flags", "not-need-init,startup-clear"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| if e.kind() == io::ErrorKind::NotFound { SwtpmError::NotInstalled } else { SwtpmError::Spawn(e) })
+}
+
+/// Whether an executable file named `name` is in a directory on `PATH`.
+fn on_path(name: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|path| on_search_path(name, &path))
+}
+
+/// Whether an executable file named `name` is in one of the directories of `path` (`PATH` syntax).
+fn on_search_path(name: &str, path: &std::ffi::OsStr) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::env::split_paths(path)
+        .any(|d| std::fs::metadata(d.join(name)).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+}
+
+/// The inodes of the listening Unix stream sockets in this process' network namespace
+/// (`/proc/self/net/unix`: `Num RefCount Protocol Flags Type St Inode [Path]`; a listening socket has
+/// the `__SO_ACCEPTCON` flag, 0x10000). Lines that do not parse are skipped.
+fn unix_listeners() -> io::Result<Vec<u64>> {
+    const ACCEPTCON: u32 = 0x1_0000;
+    Ok(std::fs::read_to_string("/proc/self/net/unix")?
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let flags = u32::from_str_radix(f.get(3)?, 16).ok()?;
+            (flags & ACCEPTCON != 0).then(|| f.get(6)?.parse().ok()).flatten()
+        })
+        .collect())
 }
 
 /// Who holds the LISTEN sockets on one port that a connect to 127.0.0.1 could reach.
@@ -376,6 +544,69 @@ fn free_port_pair() -> Result<u16, SwtpmError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_private_swtpm_listens_in_its_owner_only_dir_and_nowhere_else() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        // A quote and a space in the path: the relay's command line quotes it.
+        let dir = d.path().join("it's a state dir");
+        let sw = PrivateSwtpm::start(&dir).unwrap();
+        let socket = sw.state_dir().join(SWTPM_SOCKET);
+        assert_eq!(std::fs::metadata(sw.state_dir()).unwrap().permissions().mode() & 0o777, 0o700);
+        assert_eq!(std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777, 0o600);
+        let tcp: HashSet<u64> = loopback_listeners().unwrap().iter().map(|l| l.inode).collect();
+        assert!(socket_inodes(sw.pid()).is_disjoint(&tcp), "a private swtpm listens on TCP");
+        let tpm = crate::Tpm::open(&sw.spec()).unwrap();
+        tpm.clock_info().unwrap();
+        // A second start on the same dir finds the live one and leaves it running.
+        drop(tpm);
+        match PrivateSwtpm::start(&dir) {
+            Err(SwtpmError::InUse(p)) => assert_eq!(p, socket),
+            other => panic!("expected InUse, got {other:?}"),
+        }
+        let tpm = crate::Tpm::open(&sw.spec()).unwrap();
+        tpm.clock_info().unwrap();
+        drop(tpm);
+        drop(sw);
+        assert!(!socket.exists());
+    }
+
+    #[test]
+    fn a_private_swtpm_restarts_over_a_dead_ones_socket_and_refuses_a_stranger_file() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("state");
+        let mut sw = PrivateSwtpm::start(&dir).unwrap();
+        let socket = sw.state_dir().join(SWTPM_SOCKET);
+        // SIGKILL leaves the socket file behind, as a crash would.
+        let _ = sw.child.kill();
+        let _ = sw.child.wait();
+        std::mem::forget(sw);
+        assert!(socket.exists());
+        let sw = PrivateSwtpm::start(&dir).unwrap();
+        crate::Tpm::open(&sw.spec()).unwrap().clock_info().unwrap();
+        drop(sw);
+        std::fs::write(&socket, b"not a socket").unwrap();
+        match PrivateSwtpm::start(&dir) {
+            Err(SwtpmError::StateDir { .. }) => {}
+            other => panic!("expected StateDir, got {other:?}"),
+        }
+        assert_eq!(std::fs::read(&socket).unwrap(), b"not a socket");
+    }
+
+    #[test]
+    fn the_relay_is_looked_up_on_the_search_path() {
+        let d = tempfile::tempdir().unwrap();
+        let empty = d.path().to_path_buf();
+        assert!(!on_search_path("socat", empty.as_os_str()));
+        let bin = d.path().join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        std::fs::write(bin.join("socat"), b"#!/bin/sh\n").unwrap();
+        assert!(!on_search_path("socat", bin.as_os_str()), "a file that is not executable counts");
+        std::fs::set_permissions(bin.join("socat"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let both = std::env::join_paths([empty, bin]).unwrap();
+        assert!(on_search_path("socat", &both));
+    }
 
     #[test]
     fn starts_listens_and_restarts_on_same_state() {

@@ -1,8 +1,12 @@
-//! Which TPM to talk to: a kernel device or a swtpm on TCP.
+//! Which TPM to talk to: a kernel device, a swtpm on TCP, or the swtpm the appliance starts for its data
+//! dir on a Unix socket.
 //!
 //! Two spellings are accepted, the same ones tpm2-tools takes in `TPM2TOOLS_TCTI`:
 //! `device:/dev/tpmrm0` (an absolute device path) and `swtpm:host=H,port=P` (keys in either order).
-//! swtpm is reached over TCP only: tss-esapi 7.7 ignores `swtpm:path=`, so a Unix socket is not offered.
+//! The swtpm TCTI reaches swtpm over TCP only (tss-esapi 7.7 ignores `swtpm:path=`, and the TCTI needs a
+//! TCP control port as well). The appliance's own swtpm listens on a Unix socket instead, which only
+//! processes that can enter its state dir reach; the TSS talks to it through its `cmd` TCTI, which runs
+//! socat to relay the command stream ([`TctiSpec::SwtpmSocket`], never parsed from the command line).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -46,6 +50,20 @@ pub enum TctiSpec {
         /// Data port.
         port: u16,
     },
+    /// A swtpm listening on the Unix socket [`SWTPM_SOCKET`] in `dir` (started by
+    /// [`crate::swtpm::PrivateSwtpm`]), reached through the TSS `cmd` TCTI and socat.
+    SwtpmSocket {
+        /// The swtpm's absolute state dir, which holds the socket.
+        dir: PathBuf,
+    },
+}
+
+/// The file name of a [`TctiSpec::SwtpmSocket`] swtpm's data socket in its state dir.
+pub const SWTPM_SOCKET: &str = "data.sock";
+
+/// `s` quoted for `sh` (single quotes; a single quote inside becomes `'\''`).
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
 }
 
 impl TctiSpec {
@@ -59,24 +77,44 @@ impl TctiSpec {
         TctiSpec::Swtpm { host: "127.0.0.1".into(), port }
     }
 
-    /// Whether this endpoint multiplexes clients itself (the kernel resource manager, `tpmrm*`), so a
-    /// connection may stay open between operations. swtpm serves one connection at a time and `tpm*`
-    /// allows one opener, so those are connected per operation.
-    pub(crate) fn multiplexes(&self) -> bool {
+    /// Whether a connection may stay open between operations: the kernel resource manager (`tpmrm*`)
+    /// multiplexes its clients, and a [`TctiSpec::SwtpmSocket`] swtpm has a single user, the process
+    /// that started it for its data dir (which holds that dir's swtpm lock), so holding its one
+    /// connection slot shuts nobody out, and saves starting a relay per operation. A TCP swtpm serves
+    /// one connection at a time to whoever shares it, and `tpm*` allows one opener, so those are
+    /// connected per operation.
+    pub(crate) fn keeps_connection(&self) -> bool {
         match self {
             TctiSpec::Device { path } => {
                 path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("tpmrm"))
             }
+            TctiSpec::SwtpmSocket { .. } => true,
             TctiSpec::Swtpm { .. } => false,
         }
     }
 
-    /// Whether this is a swtpm on a loopback address (`localhost`, 127.0.0.0/8, `::1`).
+    /// The configuration string handed to the TSS TCTI loader. For a device or a TCP swtpm it is the
+    /// canonical spelling; for [`TctiSpec::SwtpmSocket`] it is the `cmd` TCTI running socat from inside
+    /// the state dir (so the socket path's length does not matter), its complaints silenced: a relay that
+    /// fails shows as a TPM that does not answer.
+    pub fn loader_conf(&self) -> String {
+        match self {
+            TctiSpec::SwtpmSocket { dir } => format!(
+                "cmd:cd {} && exec socat STDIO UNIX-CONNECT:{SWTPM_SOCKET} 2>/dev/null",
+                sh_quote(&dir.to_string_lossy())
+            ),
+            other => other.to_string(),
+        }
+    }
+
+    /// Whether this is a swtpm on a loopback address (`localhost`, 127.0.0.0/8, `::1`) or on a local Unix
+    /// socket: its traffic never leaves the machine.
     pub fn is_loopback_swtpm(&self) -> bool {
         match self {
             TctiSpec::Swtpm { host, .. } => {
                 host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
             }
+            TctiSpec::SwtpmSocket { .. } => true,
             TctiSpec::Device { .. } => false,
         }
     }
@@ -93,6 +131,11 @@ impl TctiSpec {
                 "start one with `swtpm socket --tpm2 --server type=tcp,port={port} --ctrl type=tcp,port={} \
                  --tpmstate dir=/abs/dir --flags not-need-init,startup-clear &` or let bulwark manage one with --tpm auto",
                 u32::from(*port) + 1
+            ),
+            TctiSpec::SwtpmSocket { dir } => format!(
+                "the swtpm that bulwark started in {} stopped answering, or socat is missing (`apt-get install socat`); \
+                 run the command again to start it anew",
+                dir.display()
             ),
         }
     }
@@ -146,11 +189,13 @@ impl FromStr for TctiSpec {
 }
 
 impl fmt::Display for TctiSpec {
-    /// The canonical form, also the configuration string handed to the TSS TCTI loader.
+    /// The canonical form; for a device or a TCP swtpm also the configuration string handed to the TSS
+    /// TCTI loader (see [`TctiSpec::loader_conf`]).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             TctiSpec::Device { path } => write!(f, "device:{}", path.display()),
             TctiSpec::Swtpm { host, port } => write!(f, "swtpm:host={host},port={port}"),
+            TctiSpec::SwtpmSocket { dir } => write!(f, "swtpm on unix:{}", dir.join(SWTPM_SOCKET).display()),
         }
     }
 }
@@ -160,15 +205,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_socket_swtpm_is_reached_through_socat_from_its_dir_quoted_for_sh() {
+        let s = TctiSpec::SwtpmSocket { dir: PathBuf::from("/srv/it's a dir/swtpm") };
+        assert_eq!(
+            s.loader_conf(),
+            "cmd:cd '/srv/it'\\''s a dir/swtpm' && exec socat STDIO UNIX-CONNECT:data.sock 2>/dev/null"
+        );
+        assert_eq!(s.to_string(), "swtpm on unix:/srv/it's a dir/swtpm/data.sock");
+        assert!(s.keeps_connection() && s.is_loopback_swtpm());
+        let t = TctiSpec::swtpm_local(2321);
+        assert_eq!(t.loader_conf(), t.to_string());
+    }
+
+    #[test]
     fn parses_and_prints_both_kinds() {
         let d: TctiSpec = "device:/dev/tpmrm0".parse().unwrap();
         assert_eq!(d, TctiSpec::default_device());
         assert_eq!(d.to_string(), "device:/dev/tpmrm0");
-        assert!(d.multiplexes());
+        assert!(d.keeps_connection());
         let s: TctiSpec = "swtpm:port=2321,host=localhost".parse().unwrap();
         assert_eq!(s.to_string(), "swtpm:host=localhost,port=2321");
-        assert!(!s.multiplexes());
-        assert!(!"device:/dev/tpm0".parse::<TctiSpec>().unwrap().multiplexes());
+        assert!(!s.keeps_connection());
+        assert!(!"device:/dev/tpm0".parse::<TctiSpec>().unwrap().keeps_connection());
         assert!(s.is_loopback_swtpm() && TctiSpec::swtpm_local(1).is_loopback_swtpm());
         assert!(!"swtpm:host=10.0.0.5,port=2321".parse::<TctiSpec>().unwrap().is_loopback_swtpm());
         assert!(!d.is_loopback_swtpm());

@@ -613,7 +613,7 @@ impl Tpm {
 
     /// [`Tpm::open`] with options.
     pub fn open_with(spec: &TctiSpec, options: TpmOptions) -> Result<Tpm, TpmError> {
-        let conf = CString::new(spec.to_string()).map_err(|_| TpmError::Unexpected("NUL in TCTI string"))?;
+        let conf = CString::new(spec.loader_conf()).map_err(|_| TpmError::Unexpected("NUL in TCTI string"))?;
         Self::open_conf(spec, conf, options)
     }
 
@@ -787,7 +787,7 @@ impl Tpm {
         }
         let flushed = conn.esys.flush_all();
         let broken = matches!(result, Err(TpmError::Unreachable { .. })) || flushed.is_err();
-        if broken || !self.spec.multiplexes() {
+        if broken || !self.spec.keeps_connection() {
             // Dropping the connection closes ESAPI's handles and the socket/device.
             state.conn = None;
         }

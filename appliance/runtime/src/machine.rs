@@ -6,7 +6,7 @@ use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use bulwark_tpm::swtpm::{Swtpm, SwtpmError};
+use bulwark_tpm::swtpm::{PrivateSwtpm, SwtpmError};
 use bulwark_tpm::{TctiSpec, Tpm, TpmError};
 
 use crate::datadir::DataDir;
@@ -48,7 +48,7 @@ pub struct Machine {
     pub tpm: Tpm,
     spec: TctiSpec,
     // Field order matters: the TPM connection closes before the swtpm is killed.
-    _swtpm: Option<Swtpm>,
+    _swtpm: Option<PrivateSwtpm>,
     _swtpm_lock: Option<File>,
 }
 
@@ -92,9 +92,8 @@ impl Machine {
                 std::fs::create_dir_all(dd.root())
                     .map_err(|source| MachineError::Io { path: dd.root().to_path_buf(), source })?;
                 let lock = lock_with_wait(&dd.root().join("swtpm.lock"), SWTPM_LOCK_WAIT)?;
-                let sw = Swtpm::start(&dd.swtpm_dir()).map_err(MachineError::Swtpm)?;
-                let spec = TctiSpec::Swtpm { host: "127.0.0.1".into(), port: sw.port() };
-                (spec, Some(sw), Some(lock))
+                let sw = PrivateSwtpm::start(&dd.swtpm_dir()).map_err(MachineError::Swtpm)?;
+                (sw.spec(), Some(sw), Some(lock))
             }
         } else {
             let spec: TctiSpec = choice.parse().map_err(|_| MachineError::BadChoice(choice.to_string()))?;
@@ -103,9 +102,11 @@ impl Machine {
         let tpm = Tpm::open(&spec)?;
         if swtpm.is_some() {
             // A swtpm started with startup-clear comes up with its platform hierarchy open under an empty
-            // authorization: anyone reaching its port could TPM2_Clear it or undefine the liveness
-            // indices. Close it first, as a server's firmware does before the OS runs; it stays closed
-            // until this swtpm stops.
+            // authorization: whoever reaches it could TPM2_Clear it or undefine the liveness indices. Ours
+            // listens only on a socket in its owner-only state dir, and this process holds its one
+            // connection slot while it runs; close the hierarchy anyway, as a server's firmware does before
+            // the OS runs, so not even a process of the same user gets it. It stays closed until this
+            // swtpm stops.
             tpm.close_platform_hierarchy()?;
         }
         Ok(Machine { tpm, spec, _swtpm: swtpm, _swtpm_lock: lock })
@@ -126,14 +127,21 @@ impl Machine {
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_managed_swtpm_comes_up_with_its_platform_hierarchy_closed() {
+    /// A fresh data dir for `--tpm auto`, or `None` (the test is skipped) where a TPM device exists, since
+    /// `auto` then uses it instead of a managed swtpm.
+    fn managed_data_dir() -> Option<(tempfile::TempDir, DataDir)> {
         if Path::new(TPM_DEVICE).exists() {
             eprintln!("skipped: {TPM_DEVICE} exists, so `auto` uses it instead of a managed swtpm");
-            return;
+            return None;
         }
         let d = tempfile::tempdir().unwrap();
         let dd = DataDir::new(d.path()).unwrap();
+        Some((d, dd))
+    }
+
+    #[test]
+    fn the_managed_swtpm_comes_up_with_its_platform_hierarchy_closed() {
+        let Some((_d, dd)) = managed_data_dir() else { return };
         let m = Machine::open("auto", &dd).unwrap();
         assert!(m.is_managed_swtpm());
         assert!(!m.tpm.platform_hierarchy_enabled().unwrap());
@@ -141,5 +149,39 @@ mod tests {
         // Every start is a power cycle that opens it again; every open closes it again.
         let m = Machine::open("auto", &dd).unwrap();
         assert!(!m.tpm.platform_hierarchy_enabled().unwrap());
+    }
+
+    #[test]
+    fn the_managed_swtpm_is_reached_through_its_state_dir_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let Some((_d, dd)) = managed_data_dir() else { return };
+        let m = Machine::open("auto", &dd).unwrap();
+        let dir = std::fs::canonicalize(dd.swtpm_dir()).unwrap();
+        assert_eq!(m.tcti(), &TctiSpec::SwtpmSocket { dir: dir.clone() });
+        assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
+        let socket = dir.join(bulwark_tpm::SWTPM_SOCKET);
+        assert_eq!(std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777, 0o600);
+        // The swtpm owns no TCP socket at all: nothing on the network, loopback included, reaches it.
+        let pid = m._swtpm.as_ref().map(|s| s.pid()).unwrap();
+        let tcp_inodes: Vec<String> = ["/proc/self/net/tcp", "/proc/self/net/tcp6"]
+            .iter()
+            .filter_map(|p| std::fs::read_to_string(p).ok())
+            .flat_map(|t| {
+                t.lines().skip(1).filter_map(|l| l.split_whitespace().nth(9).map(str::to_string)).collect::<Vec<_>>()
+            })
+            .collect();
+        let fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok()?.to_str().map(str::to_string))
+            .collect();
+        assert!(fds.iter().any(|f| f.starts_with("socket:[")), "the swtpm holds its socket: {fds:?}");
+        for f in &fds {
+            let Some(inode) = f.strip_prefix("socket:[").and_then(|s| s.strip_suffix(']')) else { continue };
+            assert!(!tcp_inodes.iter().any(|i| i == inode), "swtpm holds TCP socket {inode}");
+        }
+        // The TPM answers through it, and the socket goes with the swtpm.
+        assert!(m.tpm.clock_info().is_ok());
+        drop(m);
+        assert!(!socket.exists(), "the socket outlived its swtpm");
     }
 }
