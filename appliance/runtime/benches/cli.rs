@@ -14,6 +14,10 @@
 //!   put).
 //! - (L) `bulwark tpm policy-pcr --bank sha256 --pcr 16=<hex>`: no TPM and no data dir, so the floor of
 //!   starting the binary.
+//! - (M) `bulwark vault get` as in (G), on a second data dir provisioned with `--tpm auto` (where no TPM
+//!   device exists): the command starts that data dir's own swtpm on its Unix socket, closes its platform
+//!   hierarchy, reaches it through the socat relay and stops it again, so (M) beside (G) is what the
+//!   embedded default costs.
 //!
 //! The binary measured is the one cargo builds beside this bench (`CARGO_BIN_EXE_bulwark`: the release
 //! profile, as shipped), or the one `BULWARK_CLI_BIN` names. The bench prints the binary's size, since
@@ -117,15 +121,32 @@ fn main() -> Result<(), BoxErr> {
         c.env(ANCHOR_ENV, &anchor_file).env("BULWARK_CLI_TCTI", &tcti).env("TSS2_LOG", "all+NONE");
         c
     };
+    // The embedded default, provisioned the same way, where `--tpm auto` manages a swtpm.
+    let managed_data = dir.path().join("managed");
+    let managed_run = |args: &[&str]| {
+        let mut c = Command::new(&bin);
+        c.arg("--data-dir").arg(&managed_data).args(["--tpm", "auto"]).args(args).env("TSS2_LOG", "all+NONE");
+        c
+    };
+    let managed_id = if Path::new("/dev/tpmrm0").exists() {
+        None
+    } else {
+        timed(&mut managed_run(&["init"]), b"")?;
+        let (_, created) = timed(&mut managed_run(&["tenant", "create", "bench", "--json"]), b"")?;
+        let created: serde_json::Value = serde_json::from_slice(&created)?;
+        let id = created["id"].as_str().ok_or("tenant create printed no id")?.to_string();
+        timed(&mut managed_run(&["vault", "put", "--tenant", &id, "k1"]), &value)?;
+        Some(id)
+    };
     let zeros = "00".repeat(32);
     let pcr_arg = format!("16={zeros}");
 
-    let (mut a, mut g, mut p, mut l) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut a, mut g, mut p, mut l, mut m) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut done = 0usize;
     let mut first = true;
     while done < n {
         let k = if first { BLOCK } else { BLOCK.min(n - done) };
-        let (mut ab, mut gb, mut pb, mut lb) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut ab, mut gb, mut pb, mut lb, mut mb) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for _ in 0..k {
             ab.push(timed(&mut anchor_cmd(), b"")?.0);
         }
@@ -144,6 +165,13 @@ fn main() -> Result<(), BoxErr> {
             c.args(["tpm", "policy-pcr", "--bank", "sha256", "--pcr", &pcr_arg]);
             lb.push(timed(&mut c, b"")?.0);
         }
+        for id in managed_id.iter().flat_map(|id| std::iter::repeat_n(id, k)) {
+            let (took, out) = timed(&mut managed_run(&["vault", "get", "--tenant", id, "k1"]), b"")?;
+            if out != value {
+                return Err("vault get (--tpm auto) printed the wrong bytes".into());
+            }
+            mb.push(took);
+        }
         if first {
             first = false;
             continue;
@@ -152,6 +180,7 @@ fn main() -> Result<(), BoxErr> {
         g.extend(gb);
         p.extend(pb);
         l.extend(lb);
+        m.extend(mb);
         done += k;
     }
     let (sa, sg, sp, sl) = (stats(&a)?, stats(&g)?, stats(&p)?, stats(&l)?);
@@ -163,6 +192,16 @@ fn main() -> Result<(), BoxErr> {
     line("(G) bulwark vault get (4 KiB to stdout)", &sg);
     line("(P) bulwark vault put (4 KiB from stdin)", &sp);
     line("(L) bulwark tpm policy-pcr (no TPM: process floor)", &sl);
+    if m.is_empty() {
+        println!("(M) skipped: /dev/tpmrm0 exists, so --tpm auto would use it");
+    } else {
+        let sm = stats(&m)?;
+        line("(M) bulwark vault get, --tpm auto (its own swtpm)", &sm);
+        println!(
+            "ratio M/G: median {:.2}x (the embedded default's own swtpm start, relay and platform close)",
+            sm.median.as_secs_f64() / sg.median.as_secs_f64()
+        );
+    }
     let r = |x: Duration, y: Duration| x.as_secs_f64() / y.as_secs_f64();
     println!(
         "ratio G/A: median {:.2}x  p99 {:.2}x;  P/A: median {:.2}x  p99 {:.2}x  (no target: a command is an unlock plus \
