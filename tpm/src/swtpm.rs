@@ -308,12 +308,12 @@ impl PrivateSwtpm {
         Ok(me)
     }
 
-    /// Waits until our child listens on a Unix socket at `socket` and has kept running for
-    /// [`START_GRACE`] since.
+    /// Waits until our child listens on a Unix socket at `socket`. No grace period as on TCP: nobody else
+    /// can bind in the owner-only state dir, and the stale socket is gone, so a listening socket in our
+    /// child's files is the one the path names. Polled often: a command waits for this on every start.
     fn wait_listening(&mut self, socket: &Path) -> Result<(), SwtpmError> {
         let started = Instant::now();
         let pid = self.child.id();
-        let mut ready_since: Option<Instant> = None;
         loop {
             let not_ready = |status: String| SwtpmError::SocketNotReady {
                 path: socket.to_path_buf(),
@@ -323,21 +323,18 @@ impl PrivateSwtpm {
             if let Some(status) = self.child.try_wait().ok().flatten() {
                 return Err(not_ready(status.to_string()));
             }
+            let ours = socket_inodes(pid);
             let listening = unix_listeners()
                 .map_err(|source| SwtpmError::StateDir { path: self.state_dir.clone(), source })?
                 .into_iter()
-                .any(|inode| socket_inodes(pid).contains(&inode));
+                .any(|inode| ours.contains(&inode));
             if listening && socket.exists() {
-                if ready_since.get_or_insert_with(Instant::now).elapsed() >= START_GRACE {
-                    return Ok(());
-                }
-            } else {
-                ready_since = None;
+                return Ok(());
             }
             if started.elapsed() > START_TIMEOUT {
                 return Err(not_ready("still running".into()));
             }
-            sleep(Duration::from_millis(10));
+            sleep(Duration::from_millis(2));
         }
     }
 
