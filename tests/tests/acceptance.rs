@@ -234,3 +234,16 @@ fn policy_pcr_equals_tpm2_createpolicy_and_a_trial_session() {
         run_cmd(c, None).fails_with(&["error"]);
     }
 }
+
+/// The shipped binary exports its `OSSL_LIB_CTX_new` (`.cargo/config.toml`), so libtss2-esys binds to it
+/// and ESAPI reuses OpenSSL's global context during TPM operations (`tpm/src/ossl.rs`).
+#[test]
+fn bulwark_binary_exports_the_esapi_context_interposer() {
+    let out = Command::new("nm").args(["-D", "--defined-only"]).arg(bulwark_bin()).output().expect("run nm");
+    assert!(out.status.success(), "nm failed: {}", String::from_utf8_lossy(&out.stderr));
+    let symbols = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        symbols.lines().any(|l| l.split_whitespace().last() == Some("OSSL_LIB_CTX_new")),
+        "bulwark does not export OSSL_LIB_CTX_new: was it linked without .cargo/config.toml's rustflags?"
+    );
+}

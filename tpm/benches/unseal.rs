@@ -87,6 +87,10 @@ fn main() -> Result<(), BoxErr> {
     let cpu = machine::cpu_model();
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     println!("unseal bench: N={n} per path, swtpm {}, {cores} cores, {cpu}", sw.tcti());
+    println!(
+        "esapi: OpenSSL global context shared during Tpm operations: {} (the anchor (a) never shares it)",
+        bulwark_tpm::shared_contexts_active()
+    );
     println!("(a) anchor tss-esapi Load+PolicyPCR+Unseal+Flush      median {:.3} ms  p99 {:.3} ms", ms(am), ms(ap));
     println!("(b) Tpm::unseal default (PCR+NV+OR, lock+connect)      median {:.3} ms  p99 {:.3} ms", ms(bm), ms(bp));
     println!("(c) Tpm::unseal, SessionEncryption::Always            median {:.3} ms  p99 {:.3} ms", ms(cm), ms(cp));

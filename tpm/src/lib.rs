@@ -15,8 +15,14 @@
 //! - Not trusted: sealed-object bytes read from disk ([`SealedObject::from_bytes`] is a bounded parser
 //!   that rejects trailing data and any public area that is not the template for the stored policy;
 //!   the TPM's integrity check covers the rest), and every string from configuration.
+//! - ESAPI's digests, HMACs and nonces run in OpenSSL's global library context during our TPM
+//!   operations, not in a fresh context per digest as libtss2-esys 3.2 builds them (the private `ossl`
+//!   module; [`shared_contexts_active`]). That is done only while the global context holds no provider
+//!   but OpenSSL's `default` and `base`, checked once per process after the OpenSSL config is loaded:
+//!   Bulwark loads no OpenSSL provider, and the appliance image ships the config.
 //! - `unsafe` lives only in the private `esys` module (one FFI call per block, each with a `SAFETY:`
-//!   line) plus the one-time `set_var` of `TSS2_LOG` in `tpm.rs`. tss-esapi's safe `Context` cannot be
+//!   line), the `ossl` module (the interposed `OSSL_LIB_CTX_new` and its `dlsym` lookups), and the
+//!   one-time `set_var` of `TSS2_LOG` in `tpm.rs`. tss-esapi's safe `Context` cannot be
 //!   used: 7.7 lacks TPM2_PolicyNV, TPM2_NV_SetBits and TPM2_ReadClock and keeps its ESAPI context
 //!   private, and swtpm serves one connection at a time, so those commands cannot run on a second
 //!   connection either. We use tss-esapi 7.7 for its `tss2_esys` bindings.
@@ -36,6 +42,7 @@
 
 mod esys;
 mod lock;
+mod ossl;
 pub mod policy;
 mod rc;
 mod seal;
@@ -45,6 +52,7 @@ mod tcti;
 mod tpm;
 
 pub use lock::lock_path;
+pub use ossl::shared_contexts_active;
 pub use policy::{NvOperation, NvPublic, PcrBank, PcrIndex, PcrValues, PolicyDigest, PolicyError, policy_pcr_digest};
 pub use rc::TpmRc;
 pub use seal::{

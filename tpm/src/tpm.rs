@@ -753,6 +753,7 @@ impl Tpm {
             }
         };
         let state = &mut *guard;
+        let _contexts = crate::ossl::SharedContexts::enter();
         let _held = Held::acquire(&mut state.lock_file, &self.lock_path)
             .map_err(|source| TpmError::Lock { path: self.lock_path.clone(), source })?;
         if state.conn.is_none() {

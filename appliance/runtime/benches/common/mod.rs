@@ -108,9 +108,10 @@ pub fn machine_report() -> String {
     let profile = if cfg!(debug_assertions) { "debug (numbers not meaningful)" } else { "release" };
     format!(
         "machine: {cores} cores, {model} ({generation}), MemTotal {mem} kB, cpu flags [{}], load average {}\ntoolchain: {rustc}, \
-         {profile} profile",
+         {profile} profile\nesapi: OpenSSL global context shared during Tpm operations: {}",
         flags.join(" "),
-        load_average()
+        load_average(),
+        bulwark_tpm::shared_contexts_active()
     )
 }
 
