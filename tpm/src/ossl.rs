@@ -142,7 +142,8 @@ pub extern "C" fn OSSL_LIB_CTX_new() -> *mut c_void {
 }
 
 /// Whether ESAPI's library contexts are shared during TPM operations in this process: the symbol is
-/// the one the process resolves, and the global context is plain.
+/// the one the process resolves, and the global context is plain. False also in a process that has not
+/// loaded libcrypto (one that links no ESAPI call, such as a store-only bench): there is nothing to share.
 pub fn shared_contexts_active() -> bool {
     std::ptr::eq(symbol(c"OSSL_LIB_CTX_new", false).cast_const(), OSSL_LIB_CTX_new as *const c_void)
         && plain_global_context().is_some()

@@ -108,7 +108,7 @@ pub fn machine_report() -> String {
     let profile = if cfg!(debug_assertions) { "debug (numbers not meaningful)" } else { "release" };
     format!(
         "machine: {cores} cores, {model} ({generation}), MemTotal {mem} kB, cpu flags [{}], load average {}\ntoolchain: {rustc}, \
-         {profile} profile\nesapi: OpenSSL global context shared during Tpm operations: {}",
+         {profile} profile\nesapi: OpenSSL global context shared during Tpm operations: {} (false where libcrypto is not loaded)",
         flags.join(" "),
         load_average(),
         bulwark_tpm::shared_contexts_active()
