@@ -178,7 +178,9 @@ fn the_appliance_key_reseals_after_a_legitimate_change_with_its_recovery_secret(
     std::fs::write(&secret_file, &t.recovery).expect("write");
     env.run(&["appliance", "reseal", "--recovery-secret-file", path]).fails_with(&["does not match the appliance key"]);
     std::fs::write(&secret_file, &appliance_secret).expect("write");
-    env.run(&["appliance", "reseal", "--recovery-secret-file", path]).ok();
+    let resealed = env.run(&["appliance", "reseal", "--recovery-secret-file", path, "--json"]).ok().json();
+    assert_eq!(resealed["resealed"], "appliance");
+    assert_eq!(resealed["took_lockout"], false, "init already took the lockout hierarchy");
     let pubkey = env.run(&["appliance", "pubkey"]).ok().stdout;
     assert!(String::from_utf8_lossy(&pubkey).contains("BEGIN PUBLIC KEY"));
 

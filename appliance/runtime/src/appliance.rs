@@ -393,6 +393,14 @@ fn prove_lockout_auth_empty(tpm: &bulwark_tpm::Tpm) -> Result<(), ApplianceError
     if tpm.lockout_auth_set()? { Err(ApplianceError::LockoutAuthTaken) } else { Ok(()) }
 }
 
+/// What [`Appliance::reseal_appliance`] did besides resealing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApplianceReseal {
+    /// The TPM's lockout hierarchy was taken: the data dir predates Bulwark taking it (its
+    /// `owner.sealed` held the owner's authorization only) and nobody else held it.
+    pub took_lockout: bool,
+}
+
 /// What `owner.sealed` holds: the owner authorization `init` set, then the lockout authorization (data
 /// dirs initialised before Bulwark took the lockout hierarchy hold the owner's only).
 struct HierarchyAuths {
@@ -576,8 +584,13 @@ impl Appliance {
             .tpm
             .unseal(&sealed, UnsealAuth::MeasuredState)
             .map_err(|e| self.classify_appliance(OWNER_SEALED, e))?;
-        HierarchyAuths::from_unsealed(&unsealed).map(Some).ok_or_else(|| ApplianceError::ApplianceKeyCorrupt {
-            path: path.display().to_string(),
+        self.hierarchy_auths(&unsealed).map(Some)
+    }
+
+    /// Parses the unsealed content of `D/appliance/owner.sealed`.
+    fn hierarchy_auths(&self, unsealed: &SecretBytes) -> Result<HierarchyAuths, ApplianceError> {
+        HierarchyAuths::from_unsealed(unsealed).ok_or_else(|| ApplianceError::ApplianceKeyCorrupt {
+            path: self.dd.appliance_dir().join(OWNER_SEALED).display().to_string(),
             source: format!(
                 "it unseals to {} bytes, not {HIERARCHY_AUTH_LEN} or {}",
                 unsealed.len(),
@@ -625,8 +638,11 @@ impl Appliance {
 
     /// Reseals the appliance's signing key to the current measured state, through its recovery branch,
     /// after a legitimate change of the binary, config or profile (and a reboot, so the new runtime is
-    /// measured). The key, its liveness slot and its recovery secret stay the same.
-    pub fn reseal_appliance(&mut self, recovery: &RecoverySecret) -> Result<(), ApplianceError> {
+    /// measured). The key, its liveness slot and its recovery secret stay the same. A data dir initialised
+    /// before Bulwark took the TPM's lockout hierarchy is brought up to date here: when the lockout
+    /// authorization is empty, a random one is sealed with the owner's and then set (reported in
+    /// [`ApplianceReseal::took_lockout`]); one someone else set is left alone.
+    pub fn reseal_appliance(&mut self, recovery: &RecoverySecret) -> Result<ApplianceReseal, ApplianceError> {
         let aid = self.appliance_id()?;
         let sealed = self.load_appliance_key()?;
         let auth = recovery.auth_value_for(aid.as_bytes());
@@ -638,14 +654,38 @@ impl Appliance {
         let policy = self.seal_policy_for(sealed.policy().liveness())?;
         let resealed = self.machine.tpm.seal(seed.expose_secret(), &policy, &auth[..])?;
         let owner_path = self.dd.appliance_dir().join(OWNER_SEALED);
+        let mut lockout_to_set = None;
+        let mut took_lockout = false;
         let owner = if owner_path.exists() {
             let owner_sealed = self.load_appliance_sealed(OWNER_SEALED)?;
-            let owner = self
+            let unsealed = self
                 .machine
                 .tpm
                 .unseal(&owner_sealed, UnsealAuth::Recovery(&auth[..]))
                 .map_err(|e| self.classify_appliance(OWNER_SEALED, e))?;
-            Some(self.machine.tpm.seal(owner.expose_secret(), &policy, &auth[..])?)
+            let auths = self.hierarchy_auths(&unsealed)?;
+            let lockout_set = self.machine.tpm.lockout_auth_set()?;
+            let lockout = match auths.lockout {
+                // A data dir initialised before Bulwark took the lockout hierarchy: take it now, unless
+                // someone else holds it (then the dir stays as it was, owner only).
+                None if !lockout_set => {
+                    took_lockout = true;
+                    Some(SecretBytes::from_slice(SecretKey::random().expose_secret()))
+                }
+                other => other,
+            };
+            // The sealed value is the one to hold; a TPM whose lockout authorization is still empty
+            // (just taken, or a reseal that stopped between its write and the TPM change) gets it.
+            if let Some(l) = &lockout
+                && !lockout_set
+            {
+                lockout_to_set = Some(SecretBytes::from_slice(l.expose_secret()));
+            }
+            let mut both = Zeroizing::new(auths.owner.expose_secret().to_vec());
+            if let Some(l) = &lockout {
+                both.extend_from_slice(l.expose_secret());
+            }
+            Some(self.machine.tpm.seal(&both, &policy, &auth[..])?)
         } else {
             None
         };
@@ -654,7 +694,12 @@ impl Appliance {
         if let Some(owner) = owner {
             write_durable(&owner_path, &owner.to_bytes()).map_err(io(&owner_path))?;
         }
-        Ok(())
+        // Only once the authorization is durable does the TPM start to require it.
+        if let Some(lockout) = lockout_to_set {
+            self.machine.tpm.change_lockout_auth(&[], lockout.expose_secret())?;
+            took_lockout = true;
+        }
+        Ok(ApplianceReseal { took_lockout })
     }
 
     fn appliance_id(&self) -> Result<ApplianceId, ApplianceError> {
@@ -952,5 +997,49 @@ mod tests {
         assert!(!format!("{r:?}").contains(&text[..8]));
         assert!(RecoverySecret::parse("abc").is_err());
         assert!(RecoverySecret::parse(&"z".repeat(64)).is_err());
+    }
+
+    /// Rewrites `owner.sealed` as a data dir from before Bulwark took the lockout hierarchy had it: the
+    /// owner's authorization only, sealed to the same policy and recovery value.
+    fn seal_owner_only(app: &mut Appliance, recovery: &RecoverySecret) -> SecretBytes {
+        let auths = app.unseal_hierarchy_auths().expect("unseal").expect("owner.sealed");
+        let old = app.load_appliance_sealed(OWNER_SEALED).expect("owner.sealed");
+        let auth = recovery.auth_value_for(app.appliance_id().expect("id").as_bytes());
+        let owner_only = app.machine.tpm.seal(auths.owner.expose_secret(), old.policy(), &auth[..]).expect("seal");
+        let path = app.dd.appliance_dir().join(OWNER_SEALED);
+        write_durable(&path, &owner_only.to_bytes()).expect("write");
+        auths.lockout.expect("init sealed a lockout authorization")
+    }
+
+    #[test]
+    fn appliance_reseal_takes_the_lockout_hierarchy_of_a_data_dir_that_predates_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sw = bulwark_tpm::swtpm::Swtpm::start(&dir.path().join("swtpm")).expect("swtpm");
+        let dd = DataDir::new(&dir.path().join("data")).expect("data dir");
+        let (mut app, recovery) = Appliance::init(dd, &sw.tcti(), Some("dev-swtpm"), false).expect("init");
+
+        // As such a data dir is: the owner's authorization alone in owner.sealed, the lockout one empty.
+        let lockout = seal_owner_only(&mut app, &recovery);
+        app.machine.tpm.change_lockout_auth(lockout.expose_secret(), &[]).expect("empty the lockout auth");
+        assert!(!app.machine.tpm.lockout_auth_set().expect("read"));
+
+        assert_eq!(app.reseal_appliance(&recovery).expect("reseal"), ApplianceReseal { took_lockout: true });
+        assert!(app.machine.tpm.lockout_auth_set().expect("read"));
+        let taken = app.unseal_hierarchy_auths().expect("unseal").expect("owner.sealed").lockout.expect("sealed");
+        // The sealed value is the TPM's: a change from it to itself succeeds.
+        app.machine.tpm.change_lockout_auth(taken.expose_secret(), taken.expose_secret()).expect("sealed value");
+        // A data dir already up to date: nothing more is taken, the sealed value stays.
+        assert_eq!(app.reseal_appliance(&recovery).expect("reseal"), ApplianceReseal { took_lockout: false });
+        let again = app.unseal_hierarchy_auths().expect("unseal").expect("owner.sealed").lockout.expect("sealed");
+        assert_eq!(again.expose_secret(), taken.expose_secret());
+
+        // Someone else holds the lockout hierarchy of an old data dir: reseal works and leaves it alone.
+        seal_owner_only(&mut app, &recovery);
+        app.machine.tpm.change_lockout_auth(taken.expose_secret(), b"someone else").expect("foreign auth");
+        assert_eq!(app.reseal_appliance(&recovery).expect("reseal"), ApplianceReseal { took_lockout: false });
+        assert!(app.unseal_hierarchy_auths().expect("unseal").expect("owner.sealed").lockout.is_none());
+        app.machine.tpm.change_lockout_auth(b"someone else", b"someone else").expect("still the foreign auth");
+        // The appliance key still opens under the current measured state.
+        app.appliance_ledger().expect("appliance ledger");
     }
 }

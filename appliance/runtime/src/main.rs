@@ -139,11 +139,16 @@ fn run(cli: Cli) -> Fallible {
         Command::Appliance(ApplianceCmd::Reseal { recovery_secret_file }) => {
             let secret = read_recovery(&recovery_secret_file)?;
             let mut app = Appliance::open(DataDir::new(&cli.data_dir)?, &cli.tpm)?;
-            app.reseal_appliance(&secret)?;
+            let done = app.reseal_appliance(&secret)?;
             if json {
-                println!("{}", json!({"resealed": "appliance"}));
+                println!("{}", json!({"resealed": "appliance", "took_lockout": done.took_lockout}));
             } else {
                 println!("resealed the appliance signing key to the current measured state");
+                if done.took_lockout {
+                    println!(
+                        "took the TPM's lockout hierarchy (this data dir predates that): no one else can clear the TPM now"
+                    );
+                }
             }
             Ok(())
         }
