@@ -195,6 +195,52 @@ mod tests {
         free(after);
     }
 
+    /// An OpenSSL config that activates a provider besides `default` (Debian's libssl3 ships `legacy`).
+    const CONFIG_WITH_LEGACY: &str = "openssl_conf = openssl_init\n[openssl_init]\nproviders = provider_sect\n\
+        [provider_sect]\ndefault = default_sect\nlegacy = legacy_sect\n[default_sect]\nactivate = 1\n\
+        [legacy_sect]\nactivate = 1\n";
+
+    #[test]
+    fn a_config_that_loads_another_provider_keeps_esapi_on_private_contexts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conf = dir.path().join("openssl.cnf");
+        std::fs::write(&conf, CONFIG_WITH_LEGACY).expect("write config");
+        let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
+            .args(["--ignored", "--exact", "ossl::tests::child_with_another_provider", "--nocapture"])
+            .env("OPENSSL_CONF", &conf)
+            .env("BULWARK_OSSL_CHILD_DIR", dir.path())
+            .output()
+            .expect("spawn child");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && text.contains("child kept private contexts"), "child: {text}");
+    }
+
+    /// Helper for `a_config_that_loads_another_provider_keeps_esapi_on_private_contexts`: runs only
+    /// when spawned by it.
+    #[test]
+    #[ignore = "spawned as a second process by a_config_that_loads_another_provider_keeps_esapi_on_private_contexts"]
+    fn child_with_another_provider() {
+        let Some(dir) = std::env::var_os("BULWARK_OSSL_CHILD_DIR") else { return };
+        assert!(!shared_contexts_active(), "the legacy provider did not stop the sharing");
+        let global = symbol(c"OSSL_LIB_CTX_get0_global_default", false);
+        assert!(!global.is_null());
+        {
+            let _op = SharedContexts::enter();
+            let ctx = OSSL_LIB_CTX_new();
+            assert!(!ctx.is_null());
+            // SAFETY: libcrypto's `OSSL_LIB_CTX *OSSL_LIB_CTX_get0_global_default(void)`, found by name.
+            let global = unsafe { std::mem::transmute::<*mut c_void, CtxNew>(global)() };
+            assert_ne!(ctx, global);
+            free(ctx);
+        }
+        // ESAPI still works on its private contexts.
+        let sw = crate::swtpm::Swtpm::start(&std::path::Path::new(&dir).join("swtpm")).expect("swtpm");
+        let tpm = crate::Tpm::open(&sw.tcti().parse().expect("tcti")).expect("open");
+        tpm.ensure_srk().expect("srk");
+        assert_eq!(SHARED_SERVED.get(), 0);
+        println!("child kept private contexts");
+    }
+
     #[test]
     fn esapi_digests_of_a_tpm_operation_use_the_global_context() {
         let dir = tempfile::tempdir().expect("tempdir");
