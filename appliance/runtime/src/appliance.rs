@@ -654,9 +654,8 @@ impl Appliance {
         let policy = self.seal_policy_for(sealed.policy().liveness())?;
         let resealed = self.machine.tpm.seal(seed.expose_secret(), &policy, &auth[..])?;
         let owner_path = self.dd.appliance_dir().join(OWNER_SEALED);
-        let mut lockout_to_set = None;
-        let mut took_lockout = false;
-        let owner = if owner_path.exists() {
+        // `lockout_to_set`: the sealed lockout authorization the TPM does not hold yet.
+        let (owner, lockout_to_set) = if owner_path.exists() {
             let owner_sealed = self.load_appliance_sealed(OWNER_SEALED)?;
             let unsealed = self
                 .machine
@@ -665,29 +664,21 @@ impl Appliance {
                 .map_err(|e| self.classify_appliance(OWNER_SEALED, e))?;
             let auths = self.hierarchy_auths(&unsealed)?;
             let lockout_set = self.machine.tpm.lockout_auth_set()?;
+            // A data dir initialised before Bulwark took the lockout hierarchy takes it now, unless someone
+            // else holds it (then the dir stays as it was, owner only).
             let lockout = match auths.lockout {
-                // A data dir initialised before Bulwark took the lockout hierarchy: take it now, unless
-                // someone else holds it (then the dir stays as it was, owner only).
-                None if !lockout_set => {
-                    took_lockout = true;
-                    Some(SecretBytes::from_slice(SecretKey::random().expose_secret()))
-                }
+                None if !lockout_set => Some(SecretBytes::from_slice(SecretKey::random().expose_secret())),
                 other => other,
             };
-            // The sealed value is the one to hold; a TPM whose lockout authorization is still empty
-            // (just taken, or a reseal that stopped between its write and the TPM change) gets it.
-            if let Some(l) = &lockout
-                && !lockout_set
-            {
-                lockout_to_set = Some(SecretBytes::from_slice(l.expose_secret()));
-            }
             let mut both = Zeroizing::new(auths.owner.expose_secret().to_vec());
             if let Some(l) = &lockout {
                 both.extend_from_slice(l.expose_secret());
             }
-            Some(self.machine.tpm.seal(&both, &policy, &auth[..])?)
+            let resealed_owner = self.machine.tpm.seal(&both, &policy, &auth[..])?;
+            // Just taken, or a reseal that stopped between its write and the TPM change.
+            (Some(resealed_owner), lockout.filter(|_| !lockout_set))
         } else {
-            None
+            (None, None)
         };
         let path = self.dd.appliance_dir().join(KEY_SEALED);
         write_durable(&path, &resealed.to_bytes()).map_err(io(&path))?;
@@ -695,11 +686,10 @@ impl Appliance {
             write_durable(&owner_path, &owner.to_bytes()).map_err(io(&owner_path))?;
         }
         // Only once the authorization is durable does the TPM start to require it.
-        if let Some(lockout) = lockout_to_set {
+        if let Some(lockout) = &lockout_to_set {
             self.machine.tpm.change_lockout_auth(&[], lockout.expose_secret())?;
-            took_lockout = true;
         }
-        Ok(ApplianceReseal { took_lockout })
+        Ok(ApplianceReseal { took_lockout: lockout_to_set.is_some() })
     }
 
     fn appliance_id(&self) -> Result<ApplianceId, ApplianceError> {
