@@ -2,6 +2,7 @@
 //! event-log and policy outputs checked against values computed here and against tpm2-tools.
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
 use bulwark_boot::eventlog::{EventType, LogWriter};
@@ -95,6 +96,16 @@ fn acceptance_init_create_put_get() {
 
     let got = env.run(&["vault", "get", "--tenant", &id, "k1"]).ok();
     assert_eq!(got.stdout, b"secret", "vault get must print exactly the stored bytes");
+
+    // The data dir is owner-only; one opened up (a restore, a careless chmod) is closed again by the next
+    // command, which says so and still works.
+    let mode = || std::fs::metadata(&d).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(), 0o700, "init must leave the data dir owner-only");
+    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let again = env.run(&["vault", "get", "--tenant", &id, "k1"]).ok();
+    assert_eq!(again.stdout, b"secret");
+    assert!(again.stderr.contains("owner-only"), "the tightening is reported: {}", again.stderr);
+    assert_eq!(mode(), 0o700);
 }
 
 #[test]

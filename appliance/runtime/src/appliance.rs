@@ -736,6 +736,12 @@ impl Appliance {
 
     fn open_unchecked(dd: DataDir, tpm_choice: &str) -> Result<Self, ApplianceError> {
         let (config_bytes, config) = dd.load_config()?;
+        if dd.make_private()? {
+            tracing::warn!(
+                "data dir {} was open to other users; it is owner-only (mode 0700) now",
+                dd.root().display()
+            );
+        }
         let profile_bytes = dd.load_profile_bytes()?;
         let profile = HwProfile::from_bytes(&profile_bytes).map_err(|e| ApplianceError::Profile(e.to_string()))?;
         if profile.id() != config.profile {

@@ -13,8 +13,12 @@
 //! D/appliance/owner.sealed  the TPM owner and lockout authorizations init set, sealed the same way
 //! D/appliance/ledger/       the appliance ledger (tenant lifecycle, keys published)
 //! ```
+//!
+//! `D` itself is owner-only (mode 0700): what sits inside it in the clear (tenant names, record keys, ledger
+//! entries) is for the appliance's own user, and no file inside needs a mode of its own.
 
 use std::fs;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -130,6 +134,18 @@ impl DataDir {
         self.root.join("tenants").join(id.to_string())
     }
 
+    /// Creates the data dir owner-only (mode 0700) if it is missing, and takes group and other access away
+    /// from one that has it. Returns whether an existing dir had to be tightened.
+    pub fn make_private(&self) -> Result<bool, DataDirError> {
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(&self.root).map_err(io_err(&self.root))?;
+        let mode = fs::metadata(&self.root).map_err(io_err(&self.root))?.permissions().mode();
+        if mode & 0o077 == 0 {
+            return Ok(false);
+        }
+        fs::set_permissions(&self.root, fs::Permissions::from_mode(mode & 0o700)).map_err(io_err(&self.root))?;
+        Ok(true)
+    }
+
     /// Whether `init` has run here.
     pub fn is_initialised(&self) -> bool {
         self.config_path().exists()
@@ -140,6 +156,7 @@ impl DataDir {
         if self.is_initialised() {
             return Err(DataDirError::AlreadyInitialised(self.root.clone()));
         }
+        self.make_private()?;
         fs::create_dir_all(self.root.join("tenants")).map_err(io_err(&self.root))?;
         let text = toml::to_string(config)
             .map_err(|e| DataDirError::Io { path: self.config_path(), source: std::io::Error::other(e) })?;
@@ -193,6 +210,33 @@ mod tests {
         assert_eq!(back, cfg);
         assert!(!String::from_utf8(bytes).unwrap().contains("danger"));
         assert!(matches!(dd.initialise(&cfg, b"p"), Err(DataDirError::AlreadyInitialised(_))));
+    }
+
+    #[test]
+    fn the_data_dir_is_owner_only() {
+        let d = tempfile::tempdir().unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        // Created by init: 0700 whatever the umask left.
+        let fresh = DataDir::new(&d.path().join("fresh")).unwrap();
+        let cfg = ApplianceConfig {
+            layout_version: 1,
+            profile: "dev-swtpm".into(),
+            appliance_id: "00".repeat(16),
+            danger_dev_unbound_executable: false,
+        };
+        fresh.initialise(&cfg, b"profile").unwrap();
+        assert_eq!(mode(fresh.root()), 0o700);
+        // An existing dir others could read or enter is tightened, once; its owner's bits are kept.
+        let shared = DataDir::new(&d.path().join("shared")).unwrap();
+        fs::create_dir(shared.root()).unwrap();
+        fs::set_permissions(shared.root(), fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(shared.make_private().unwrap());
+        assert_eq!(mode(shared.root()), 0o700);
+        assert!(!shared.make_private().unwrap());
+        fs::set_permissions(shared.root(), fs::Permissions::from_mode(0o570)).unwrap();
+        assert!(shared.make_private().unwrap());
+        assert_eq!(mode(shared.root()), 0o500);
+        fs::set_permissions(shared.root(), fs::Permissions::from_mode(0o700)).unwrap();
     }
 
     #[test]

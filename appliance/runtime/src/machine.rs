@@ -3,6 +3,7 @@
 //! is unsealed.
 
 use std::fs::{File, OpenOptions};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -89,7 +90,11 @@ impl Machine {
             if Path::new(TPM_DEVICE).exists() {
                 (TctiSpec::Device { path: PathBuf::from(TPM_DEVICE) }, None, None)
             } else {
-                std::fs::create_dir_all(dd.root())
+                // Owner-only from the start, as `DataDir::make_private` keeps it (init writes the rest).
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dd.root())
                     .map_err(|source| MachineError::Io { path: dd.root().to_path_buf(), source })?;
                 let lock = lock_with_wait(&dd.root().join("swtpm.lock"), SWTPM_LOCK_WAIT)?;
                 let sw = PrivateSwtpm::start(&dd.swtpm_dir()).map_err(MachineError::Swtpm)?;
