@@ -184,12 +184,16 @@ fn data_at_rest_holds_no_plaintext() {
         .iter()
         .flat_map(|t| [t.recovery.clone().into_bytes(), t.recovery.replace('-', "").into_bytes()])
         .collect();
+    // Record keys are sealed too: the vault stores each record under a keyed hash of its key.
+    let keys: Vec<Vec<u8>> = (0..secrets.len())
+        .flat_map(|i| [format!("record-{i}").into_bytes(), format!("old-{i}").into_bytes()])
+        .collect();
     let mut scanned = 0usize;
     for dir in [env.data_dir(), env.tpm.state_dir().to_path_buf()] {
         for file in bulwark_tests::files_under(&dir) {
             let bytes = std::fs::read(&file).expect("read");
             scanned += bytes.len();
-            for s in secrets.iter().chain(&recovery) {
+            for s in secrets.iter().chain(&recovery).chain(&keys) {
                 assert!(
                     !bulwark_tests::contains(&bytes, &s[..16.min(s.len())]),
                     "{} holds plaintext {:?}",

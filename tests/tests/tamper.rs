@@ -59,17 +59,28 @@ fn sealed_blob_or_vault_moved_between_tenants_fails() {
     env.get(&b.id, "k").fails_with(&[]);
     restore_b();
 
-    // One of A's record ciphertexts written into B's vault under the same key (no bulwark process runs).
-    let a_env = {
-        let dbase = Database::open(da.join("vault.redb")).expect("open A's vault with redb");
+    // One of A's stored records written into B's vault in place of B's record under the same key (no
+    // bulwark process runs). Each vault holds that one record, under a locator only its own keys give.
+    let only_record = |path: &Path| {
+        let dbase = Database::open(path).expect("open a vault with redb");
         let tx = dbase.begin_read().expect("read tx");
         let t = tx.open_table(RECORDS).expect("records");
-        t.get("k").expect("get").expect("A has k").value().to_vec()
+        let entries: Vec<(String, Vec<u8>)> = t
+            .iter()
+            .expect("iter")
+            .map(|e| e.expect("entry"))
+            .map(|(k, v)| (k.value().into(), v.value().into()))
+            .collect();
+        assert_eq!(entries.len(), 1, "one record, k");
+        entries.into_iter().next().expect("one record")
     };
+    let (a_locator, a_env) = only_record(&da.join("vault.redb"));
+    let (b_locator, _) = only_record(&db.join("vault.redb"));
+    assert_ne!(a_locator, b_locator, "the same key is stored under different names in different vaults");
     {
         let dbase = Database::open(db.join("vault.redb")).expect("open B's vault with redb");
         let tx = dbase.begin_write().expect("write tx");
-        tx.open_table(RECORDS).expect("records").insert("k", a_env.as_slice()).expect("insert");
+        tx.open_table(RECORDS).expect("records").insert(b_locator.as_str(), a_env.as_slice()).expect("insert");
         tx.commit().expect("commit");
     }
     env.get(&b.id, "k").fails_with(&["integrity"]);
@@ -147,6 +158,8 @@ struct Tokens {
     _gate: TestGate,
     gets: BTreeMap<String, Attested>,
     list: Attested,
+    /// Each record's key by the locator it is stored under.
+    keys: BTreeMap<String, String>,
 }
 
 impl Tokens {
@@ -156,7 +169,8 @@ impl Tokens {
         let v = Vault::open(path, tenant, kek).expect("open the pristine vault to mint tokens");
         let gets = want.keys().map(|k| (k.clone(), gate.for_key(&v, OpKind::VaultGet, k))).collect();
         let list = gate.for_vault(OpKind::VaultList);
-        Tokens { _gate: gate, gets, list }
+        let keys = want.keys().map(|k| (v.record_locator(k).expect("locator"), k.clone())).collect();
+        Tokens { _gate: gate, gets, list, keys }
     }
 }
 
@@ -337,11 +351,13 @@ fn every_stored_byte_flip_in_a_vault_is_detected() {
                     undetected.push(format!("{}/{key} renamed to {renamed:?}", table.name()));
                 }
                 if table.name() == RECORDS.name() {
-                    // A read of the old key reports the tampering, not "no record".
-                    let got = Vault::open(&sv.path, sv.tenant, &sv.kek).and_then(|v| v.get(&sv.tokens.gets[key], key));
+                    // A read of the record whose entry was renamed reports the tampering, not "no record".
+                    let name = &sv.tokens.keys[key];
+                    let got =
+                        Vault::open(&sv.path, sv.tenant, &sv.kek).and_then(|v| v.get(&sv.tokens.gets[name], name));
                     assert!(
                         matches!(&got, Err(VaultError::Integrity(m)) if m.contains("set digest")),
-                        "get of {key:?} renamed to {renamed:?}: {got:?}"
+                        "get of {name:?} (stored as {key}) renamed to {renamed:?}: {got:?}"
                     );
                 }
                 write_entry(&sv.path, *table, Some(&renamed), &[(key, value)]);

@@ -23,9 +23,11 @@
 //!
 //! A third store, the floor, is read in 7 more rounds of reopen + first reads (as attested, chunks of 16,
 //! the three stores back to back per chunk, the order rotated): the same redb tables and commits,
-//! each record sealed as the vault seals it (postcard envelope of version, nonce and ciphertext; the same
-//! associated data) under a key of the bench's, and a get that does only what any encrypted store on this
-//! redb and this AEAD must: one read transaction, decode the envelope, open it with aws-lc-rs from the
+//! each record sealed as the vault seals it (postcard envelope of version, nonce and ciphertext, then the
+//! record key sealed the same way; the same associated data; stored under a keyed hash of the key) under
+//! keys of the bench's, and a get that does only what any encrypted store on this redb and this AEAD must
+//! when it hides record keys: one read transaction under the key's locator (computed outside the clock,
+//! as the vault's is at attestation), decode the envelope, open the value with aws-lc-rs from the
 //! stored bytes into a new buffer that is wiped on drop. No token check, no record cache, no memo. The
 //! vault's first read against the floor is the cost of everything the vault adds to a bare encrypted read.
 //!
@@ -50,9 +52,11 @@ use bulwark_appliance::secret::{Plaintext, SecretKey};
 use bulwark_appliance::vault::Vault;
 use bulwark_ledger::OpKind;
 use common::{BenchGate, BoxErr, stats, us};
+use hmac::{Hmac, Mac};
 use rand::RngCore;
 use redb::{Database, ReadableDatabase, TableDefinition};
 use serde::{Deserialize, Serialize};
+use sha2::Sha256;
 
 const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -64,6 +68,7 @@ const FIRST_ROUNDS: usize = 7;
 const COLD_CHUNK: usize = 250;
 const ATTESTED_CHUNK: usize = 16;
 const RECORD_LABEL: &[u8] = b"bulwark/vault/record/v1\0";
+const RECORD_KEY_LABEL: &[u8] = b"bulwark/vault/record-key/v1\0";
 const TAG_LEN: usize = 16;
 
 /// The baseline: redb with the vault's tables and durability, no encryption, no set digest.
@@ -103,23 +108,35 @@ impl Plain {
     }
 }
 
-/// The floor: a bare encrypted store on the same redb tables and AEAD, records sealed as the vault
-/// seals them (see the module docs).
+/// The floor: a bare encrypted store on the same redb tables and AEAD, records sealed and named as the
+/// vault seals and names them (see the module docs).
 struct Floor {
-    /// The same store as the baseline's, holding sealed envelopes instead of values.
+    /// The same store as the baseline's, holding sealed envelopes under locators instead of values
+    /// under keys.
     store: Plain,
     tenant: TenantId,
     sealer: Aes256GcmSiv,
     opener: LessSafeKey,
+    /// Keys the locators (the vault derives its own from its data key).
+    locator_key: SecretKey,
 }
 
-/// The vault's stored record layout (`vault.rs`, `docs/FORMATS.md`), restated for the floor.
+/// One sealed item of the vault's stored record layout (`vault.rs`), restated for the floor.
 #[derive(Serialize, Deserialize)]
-struct FloorEnvelope<'a> {
+struct FloorSealed<'a> {
     version: u64,
     nonce: [u8; 12],
     #[serde(borrow)]
     ciphertext: &'a [u8],
+}
+
+/// A stored record: the sealed value, then the sealed record key.
+#[derive(Serialize, Deserialize)]
+struct FloorEnvelope<'a> {
+    #[serde(borrow)]
+    body: FloorSealed<'a>,
+    #[serde(borrow)]
+    key: FloorSealed<'a>,
 }
 
 impl Floor {
@@ -134,13 +151,27 @@ impl Floor {
     fn keyed(store: Plain, tenant: TenantId, key: &SecretKey) -> Result<Self, BoxErr> {
         let opener =
             LessSafeKey::new(UnboundKey::new(&AES_256_GCM_SIV, key.expose_secret()).map_err(|_| "aws-lc key")?);
-        Ok(Floor { store, tenant, sealer: Aes256GcmSiv::new(key.expose_secret().into()), opener })
+        let mut locator_key = *key.expose_secret();
+        locator_key[0] ^= 1;
+        let locator_key = SecretKey::take_from(&mut locator_key).ok_or("locator key")?;
+        Ok(Floor { store, tenant, sealer: Aes256GcmSiv::new(key.expose_secret().into()), opener, locator_key })
+    }
+
+    /// Where record `key` is stored: HMAC-SHA-256 of the key, in hex, as the vault names its records.
+    fn locator(&self, key: &str) -> Result<String, BoxErr> {
+        let mut m = <Hmac<Sha256> as Mac>::new_from_slice(self.locator_key.expose_secret())?;
+        m.update(key.as_bytes());
+        Ok(hex::encode(m.finalize().into_bytes()))
     }
 
     /// The vault's record associated data: label, tenant, key length and key, version.
     fn aad(&self, key: &str, version: u64) -> Vec<u8> {
-        let mut a = Vec::with_capacity(RECORD_LABEL.len() + 16 + 4 + key.len() + 8);
-        a.extend_from_slice(RECORD_LABEL);
+        self.aad_for(RECORD_LABEL, key, version)
+    }
+
+    fn aad_for(&self, label: &[u8], key: &str, version: u64) -> Vec<u8> {
+        let mut a = Vec::with_capacity(label.len() + 16 + 4 + key.len() + 8);
+        a.extend_from_slice(label);
         a.extend_from_slice(self.tenant.as_bytes());
         a.extend_from_slice(&u32::try_from(key.len()).unwrap_or(u32::MAX).to_be_bytes());
         a.extend_from_slice(key.as_bytes());
@@ -149,21 +180,29 @@ impl Floor {
     }
 
     fn put(&self, key: &str, value: &[u8]) -> Result<(), BoxErr> {
-        let mut nonce = [0u8; 12];
-        rand::rngs::OsRng.fill_bytes(&mut nonce);
-        let ciphertext = self
-            .sealer
-            .encrypt(&Nonce::from(nonce), Payload { msg: value, aad: &self.aad(key, 1) })
-            .map_err(|_| "floor seal")?;
-        self.store.put(key, &postcard::to_stdvec(&FloorEnvelope { version: 1, nonce, ciphertext: &ciphertext })?)
+        let seal = |msg: &[u8], aad: &[u8]| {
+            let mut nonce = [0u8; 12];
+            rand::rngs::OsRng.fill_bytes(&mut nonce);
+            let ciphertext = self.sealer.encrypt(&Nonce::from(nonce), Payload { msg, aad }).map_err(|_| "floor seal");
+            ciphertext.map(|c| (nonce, c))
+        };
+        let locator = self.locator(key)?;
+        let (nonce, ciphertext) = seal(value, &self.aad(key, 1))?;
+        let (key_nonce, key_ciphertext) = seal(key.as_bytes(), &self.aad_for(RECORD_KEY_LABEL, &locator, 0))?;
+        let env = FloorEnvelope {
+            body: FloorSealed { version: 1, nonce, ciphertext: &ciphertext },
+            key: FloorSealed { version: 0, nonce: key_nonce, ciphertext: &key_ciphertext },
+        };
+        self.store.put(&locator, &postcard::to_stdvec(&env)?)
     }
 
-    /// Reads the envelope in place (no copy of the stored bytes, as the vault reads it) and opens it.
-    fn get(&self, key: &str) -> Result<Plaintext, BoxErr> {
+    /// Reads the envelope at `locator` (record `key`'s) in place (no copy of the stored bytes, as the
+    /// vault reads it) and opens its value.
+    fn get(&self, locator: &str, key: &str) -> Result<Plaintext, BoxErr> {
         let tx = self.store.db.begin_read()?;
         let t = tx.open_table(RECORDS)?;
-        let v = t.get(key)?.ok_or("missing record")?;
-        let env: FloorEnvelope<'_> = postcard::from_bytes(v.value())?;
+        let v = t.get(locator)?.ok_or("missing record")?;
+        let env: FloorSealed<'_> = postcard::from_bytes::<FloorEnvelope<'_>>(v.value())?.body;
         let (body, tag) = env.ciphertext.split_at(env.ciphertext.len().checked_sub(TAG_LEN).ok_or("short record")?);
         let mut out = vec![0u8; body.len()];
         let nonce = aws_lc_rs::aead::Nonce::assume_unique_for_key(env.nonce);
@@ -182,23 +221,23 @@ enum Which {
     Floor,
 }
 
-/// One timed pass reading every key once from one store (the floor only where it is given); every value
-/// is checked against the one put.
+/// One timed pass reading every key once from one store (the floor only where it is given, with the
+/// locators of `keys` in its store); every value is checked against the one put.
 fn timed_pass(
     vault: &Vault,
     plain: &Plain,
-    floor: Option<&Floor>,
+    floor: Option<(&Floor, &[String])>,
     which: Which,
     keys: &[String],
     tokens: &[bulwark_ledger::Attested],
     value: &[u8],
 ) -> Result<Duration, BoxErr> {
     let start = Instant::now();
-    for (k, token) in keys.iter().zip(tokens) {
+    for (i, (k, token)) in keys.iter().zip(tokens).enumerate() {
         let ok = match (which, floor) {
             (Which::Vault, _) => *vault.get(token, k)? == *value,
             (Which::Plain, _) => plain.get(k)? == value,
-            (Which::Floor, Some(f)) => *f.get(k)? == *value,
+            (Which::Floor, Some((f, locators))) => *f.get(&locators[i], k)? == *value,
             (Which::Floor, None) => return Err("no floor store in this pass".into()),
         };
         if !ok {
@@ -273,6 +312,9 @@ fn main() -> Result<(), BoxErr> {
     for k in &keys {
         floor.put(k, &value)?;
     }
+    // Each key's locator in the floor store, computed once (the vault keeps each key's in its record
+    // cache from the attestation on).
+    let floor_locators = keys.iter().map(|k| floor.locator(k)).collect::<Result<Vec<_>, _>>()?;
     drop(floor);
 
     // Gets. 2 x FIRST_ROUNDS times: close and reopen both stores, then read every key once from each
@@ -341,7 +383,8 @@ fn main() -> Result<(), BoxErr> {
         let plain = Plain::open(&plain_path)?;
         let floor = Floor::open(&floor_path, tenant, &floor_key)?;
         let mut took = [Duration::ZERO; 3];
-        for (c, (ks, ts)) in keys.chunks(ATTESTED_CHUNK).zip(get_tokens.chunks(ATTESTED_CHUNK)).enumerate() {
+        let chunks = keys.chunks(ATTESTED_CHUNK).zip(get_tokens.chunks(ATTESTED_CHUNK));
+        for (c, ((ks, ts), ls)) in chunks.zip(floor_locators.chunks(ATTESTED_CHUNK)).enumerate() {
             let mut order = [Which::Vault, Which::Plain, Which::Floor];
             order.rotate_left((round + c) % 3);
             for which in order {
@@ -350,7 +393,7 @@ fn main() -> Result<(), BoxErr> {
                         vault.key_target(k)?;
                     }
                 }
-                took[which as usize] += timed_pass(&vault, &plain, Some(&floor), which, ks, ts, &value)?;
+                took[which as usize] += timed_pass(&vault, &plain, Some((&floor, ls)), which, ks, ts, &value)?;
             }
         }
         fv.push(took[Which::Vault as usize]);
@@ -518,7 +561,7 @@ fn main() -> Result<(), BoxErr> {
         floor_rounds.join(", ")
     );
     println!(
-        "record key -> OAR target, computed (two HMAC/SHA-256 runs, as at attestation): {:.2} us per key (median \
+        "record key -> OAR target and locator, computed (three HMAC/SHA-256 runs, as at attestation): {:.2} us per key (median \
          of {FIRST_ROUNDS} fills of {KEYS}); looked up from the vault's cache: {:.3} us per key",
         per_get(stats(&target_fill)?.median),
         us(lookup_each)

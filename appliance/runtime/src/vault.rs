@@ -1,14 +1,16 @@
 //! A tenant's vault: one redb file per tenant holding AEAD-encrypted records.
 //!
-//! Key hierarchy: the tenant's KEK (unsealed from the TPM, never on disk) wraps one data key (DEK) stored in
-//! the vault's `meta` table; the DEK encrypts records with AES-256-GCM-SIV (sealed by the `aes-gcm-siv`
-//! crate, opened by `aws-lc-rs`: see `RecordCipher`). Associated data binds the tenant id, the record key
-//! and the record version, so a ciphertext moved to another tenant, another key or another version fails
-//! to open. A keyed set digest over all records and metadata (HMAC-SHA-256 of each
-//! entry, XOR-combined, kept in `meta`) lets [`Vault::verify`] detect entries that were removed, renamed or
-//! duplicated on disk — things a per-record AEAD alone cannot see. [`Vault::list`] checks it too, and so
-//! does a `get` or `delete` whose key is not in the store, before it answers "no record" (a miss costs
-//! what a listing costs; a hit costs nothing more).
+//! Key hierarchy: the tenant's KEK (unsealed from the TPM, never on disk) wraps one data key (DEK) stored in the
+//! vault's `meta` table; the DEK encrypts records with AES-256-GCM-SIV (sealed by the `aes-gcm-siv` crate, opened by
+//! `aws-lc-rs`: see `RecordCipher`). Associated data binds the tenant id, the record key and the record version, so
+//! a ciphertext moved to another tenant, another key or another version fails to open. Record keys are not stored in
+//! the clear: a record is stored under its locator, a keyed hash of its key (HMAC-SHA-256 under a key derived from
+//! the DEK, in hex), and its key is sealed beside the value (AES-256-GCM-SIV, associated data binding the tenant and
+//! the locator), so that a listing can name it and nobody without the tenant's keys can read or test which keys a
+//! tenant holds. A keyed set digest over all records and metadata (HMAC-SHA-256 of each entry, XOR-combined, kept in
+//! `meta`) lets [`Vault::verify`] detect entries that were removed, renamed or duplicated on disk — things a
+//! per-record AEAD alone cannot see. [`Vault::list`] checks it too, and so does a `get` or `delete` whose key is not
+//! in the store, before it answers "no record" (a miss costs what a listing costs; a hit costs nothing more).
 //!
 //! Attestation: every record operation takes an [`Attested`] token, which only the tenant's ledger gate
 //! mints after the operation's OAR is durably appended under a signed checkpoint. The vault checks that
@@ -85,10 +87,13 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const META_DEK: &str = "dek";
 const META_DIGEST: &str = "set-digest";
 const META_FORMAT: &str = "format";
+/// Format 1 stored record keys in the clear; this build reads format 2 only.
 const FORMAT_V1: &[u8] = b"bulwark-vault/v1";
+const FORMAT_V2: &[u8] = b"bulwark-vault/v2";
 
 const AAD_DEK: &[u8] = b"bulwark/vault/dek/v1\0";
 const AAD_RECORD: &[u8] = b"bulwark/vault/record/v1\0";
+const AAD_RECORD_KEY: &[u8] = b"bulwark/vault/record-key/v1\0";
 const AAD_SECRET: &[u8] = b"bulwark/vault/secret/v1\0";
 const MAC_LABEL: &[u8] = b"bulwark/vault/set-digest/v1\0";
 
@@ -188,6 +193,8 @@ fn sealed_id(env: &EnvelopeRef<'_>) -> Option<Sealed> {
 struct Slot {
     /// The key's OAR target (see [`Vault::key_target`]).
     target: Target,
+    /// Where its record is stored (see [`Locator`]).
+    locator: Locator,
     /// The record was decrypted once since the vault opened (or since its last write) and not kept.
     read_once: bool,
     /// After a second read or a write: the record's plaintext, with the identity of its sealed bytes.
@@ -205,16 +212,17 @@ struct RecordCache {
 }
 
 impl RecordCache {
-    /// `key`'s target (from `compute` the first time the key is seen) and its memoized record, if any.
+    /// `key`'s target and locator (from `compute` the first time the key is seen) and its memoized
+    /// record, if any.
     fn recall(
         &mut self,
         key: &str,
-        compute: impl FnOnce() -> Result<Target, VaultError>,
-    ) -> Result<(Target, Option<RecordValue>), VaultError> {
+        compute: impl FnOnce() -> Result<(Target, Locator), VaultError>,
+    ) -> Result<Recalled, VaultError> {
         if let Some(slot) = self.slots.get(key) {
-            return Ok((slot.target, slot.memo.clone()));
+            return Ok(Recalled { target: slot.target, locator: slot.locator, memo: slot.memo.clone() });
         }
-        let target = compute()?;
+        let (target, locator) = compute()?;
         if self.slots.len() >= TARGET_CACHE {
             // Full: forget the keys that hold no plaintext; if the memo itself holds most of them, forget
             // everything (so each clearing is paid for by many insertions).
@@ -224,8 +232,8 @@ impl RecordCache {
                 self.memo_bytes = 0;
             }
         }
-        self.slots.insert(key.to_string(), Slot { target, read_once: false, memo: None });
-        Ok((target, None))
+        self.slots.insert(key.to_string(), Slot { target, locator, read_once: false, memo: None });
+        Ok(Recalled { target, locator, memo: None })
     }
 
     /// After a read had to decrypt: keeps `value` if `key` was read before, else notes that it was read.
@@ -275,6 +283,22 @@ impl RecordCache {
     }
 }
 
+/// What the record cache knows about one key.
+struct Recalled {
+    target: Target,
+    locator: Locator,
+    memo: Option<RecordValue>,
+}
+
+/// The name a record is stored under: HMAC-SHA-256 of its key under a key derived from the DEK, as 64
+/// lowercase hex digits (ASCII), so the store never holds a record key in the clear.
+type Locator = [u8; 64];
+
+fn locator_str(locator: &Locator) -> &str {
+    // Hex digits are ASCII; a locator is only ever made by `locator_of`.
+    std::str::from_utf8(locator).unwrap_or_default()
+}
+
 /// What a memoized record counts against [`MEMO_BYTES`].
 fn memo_size(value: &RecordValue) -> usize {
     value.0.sealed.len() + value.len()
@@ -295,6 +319,23 @@ struct EnvelopeRef<'a> {
     nonce: [u8; 12],
     #[serde(borrow)]
     ciphertext: &'a [u8],
+}
+
+/// One record as stored (format 2): its sealed value, then its key sealed under the record's locator.
+#[derive(Serialize)]
+struct RecordEnvelope {
+    body: Envelope,
+    key: Envelope,
+}
+
+/// The same record read in place from the store. Postcard writes a struct's fields one after the other,
+/// so this reads the bytes [`RecordEnvelope`] writes.
+#[derive(Deserialize)]
+struct RecordEnvelopeRef<'a> {
+    #[serde(borrow)]
+    body: EnvelopeRef<'a>,
+    #[serde(borrow)]
+    key: EnvelopeRef<'a>,
 }
 
 /// A record's listing entry (no plaintext).
@@ -598,9 +639,9 @@ impl Vault {
     /// Reads and decrypts the record under `key` (from the read memo when the stored bytes are unchanged;
     /// a record read the second time is kept there).
     pub fn get(&self, attested: &Attested, key: &str) -> Result<RecordValue, VaultError> {
-        let (target, memo) = self.recall(key)?;
+        let Recalled { target, locator, memo } = self.recall(key)?;
         self.check(attested, OpKind::VaultGet, &target)?;
-        guarded(Some(&self.db), || self.get_unguarded(key, memo))
+        guarded(Some(&self.db), || self.get_unguarded(key, &locator, memo))
     }
 
     /// Lists every record's key, version and plaintext length, in key order, after checking the keyed set
@@ -643,12 +684,12 @@ impl Vault {
         wrapped.version = 0;
         let wrapped = postcard::to_stdvec(&wrapped).map_err(corrupt)?;
         let mut digest = [0u8; 32];
-        xor_into(&mut digest, &entry_mac(&mac_key, "meta", META_FORMAT, FORMAT_V1));
+        xor_into(&mut digest, &entry_mac(&mac_key, "meta", META_FORMAT, FORMAT_V2));
         let mut tx = db.begin_write()?;
         tx.set_durability(redb::Durability::Immediate).map_err(corrupt)?;
         {
             let mut meta = tx.open_table(META).map_err(corrupt)?;
-            meta.insert(META_FORMAT, FORMAT_V1).map_err(corrupt)?;
+            meta.insert(META_FORMAT, FORMAT_V2).map_err(corrupt)?;
             meta.insert(META_DEK, wrapped.as_slice()).map_err(corrupt)?;
             meta.insert(META_DIGEST, digest.as_slice()).map_err(corrupt)?;
             tx.open_table(RECORDS).map_err(corrupt)?;
@@ -695,7 +736,14 @@ impl Vault {
         };
         // The store answered; what follows judges our data, not redb's structures.
         db.set_damaged(false);
-        if format.as_deref() != Some(FORMAT_V1) {
+        if format.as_deref() == Some(FORMAT_V1) {
+            return Err(VaultError::Integrity(
+                "vault format 1 (record keys stored in the clear) was written by an older build; this build reads \
+                 format 2 only"
+                    .into(),
+            ));
+        }
+        if format.as_deref() != Some(FORMAT_V2) {
             return Err(VaultError::Integrity("unknown or missing vault format marker".into()));
         }
         let wrapped = wrapped.ok_or_else(|| VaultError::Integrity("wrapped data key missing".into()))?;
@@ -716,18 +764,32 @@ impl Vault {
     /// secret key, so the same key always gives the same target (an auditor can link operations on one
     /// record) while nobody without the tenant's keys can test a guessed key against it.
     pub fn key_target(&self, key: &str) -> Result<Target, VaultError> {
-        Ok(self.recall(key)?.0)
+        Ok(self.recall(key)?.target)
     }
 
-    /// `key`'s OAR target and memoized record (one lookup in the record cache).
-    fn recall(&self, key: &str) -> Result<(Target, Option<RecordValue>), VaultError> {
+    /// The name record `key` is stored under in the vault file (its locator: a keyed hash of the key, in
+    /// hex), for tools and tests that look at the file itself.
+    pub fn record_locator(&self, key: &str) -> Result<String, VaultError> {
+        Ok(locator_str(&self.recall(key)?.locator).to_string())
+    }
+
+    /// `key`'s OAR target, locator and memoized record (one lookup in the record cache).
+    fn recall(&self, key: &str) -> Result<Recalled, VaultError> {
         check_key(key)?;
         self.cache().recall(key, || {
             let salt = entry_mac(&self.mac_key, "oar-salt", key, &[]);
             let (c, _opening) = Commitment::with_salt("vault/key", salt, key.as_bytes())
                 .map_err(|e| VaultError::Integrity(format!("cannot commit to the record key: {e}")))?;
-            Ok(Target::Object(Digest::Salted(c)))
+            Ok((Target::Object(Digest::Salted(c)), self.locator_of(key)))
         })
+    }
+
+    /// `key`'s [`Locator`]. The label keeps it independent of the OAR salt derived from the same key.
+    fn locator_of(&self, key: &str) -> Locator {
+        let mut out = [0u8; 64];
+        // 32 bytes always fit 64 hex digits.
+        let _ = hex::encode_to_slice(entry_mac(&self.mac_key, "record-locator", key, &[]), &mut out);
+        out
     }
 
     fn check(&self, attested: &Attested, op: OpKind, target: &Target) -> Result<(), VaultError> {
@@ -740,7 +802,8 @@ impl Vault {
     }
 
     fn put_unguarded(&self, key: &str, value: &[u8]) -> Result<u64, VaultError> {
-        check_key(key)?;
+        let locator = self.recall(key)?.locator;
+        let locator = locator_str(&locator);
         if value.len() > MAX_VALUE_LEN {
             return Err(VaultError::TooLarge { len: value.len(), max: MAX_VALUE_LEN });
         }
@@ -752,23 +815,26 @@ impl Vault {
             let mut records = tx.open_table(RECORDS).map_err(corrupt)?;
             let mut meta = tx.open_table(META).map_err(corrupt)?;
             let mut digest = read_digest(&meta)?;
-            let old = records.get(key).map_err(corrupt)?.map(|v| v.value().to_vec());
+            let old = records.get(locator).map_err(corrupt)?.map(|v| v.value().to_vec());
             let prev_version = match &old {
                 Some(bytes) => {
-                    xor_into(&mut digest, &entry_mac(&self.mac_key, "records", key, bytes));
-                    decode_envelope(bytes)?.version
+                    xor_into(&mut digest, &entry_mac(&self.mac_key, "records", locator, bytes));
+                    decode_record(bytes)?.body.version
                 }
                 None => 0,
             };
             version =
                 prev_version.checked_add(1).ok_or_else(|| VaultError::Integrity("record version overflow".into()))?;
-            let mut env = self.cipher.seal(&aad(AAD_RECORD, &self.tenant, key, version), value);
-            env.version = version;
+            let mut body = self.cipher.seal(&aad(AAD_RECORD, &self.tenant, key, version), value);
+            body.version = version;
+            let sealed_key = self.cipher.seal(&aad(AAD_RECORD_KEY, &self.tenant, locator, 0), key.as_bytes());
+            let env = RecordEnvelope { body, key: sealed_key };
             let bytes = postcard::to_stdvec(&env).map_err(corrupt)?;
-            xor_into(&mut digest, &entry_mac(&self.mac_key, "records", key, &bytes));
-            records.insert(key, bytes.as_slice()).map_err(corrupt)?;
+            xor_into(&mut digest, &entry_mac(&self.mac_key, "records", locator, &bytes));
+            records.insert(locator, bytes.as_slice()).map_err(corrupt)?;
             meta.insert(META_DIGEST, digest.as_slice()).map_err(corrupt)?;
-            sealed = sealed_id(&EnvelopeRef { version, nonce: env.nonce, ciphertext: &env.ciphertext });
+            let body = &env.body;
+            sealed = sealed_id(&EnvelopeRef { version, nonce: body.nonce, ciphertext: &body.ciphertext });
         }
         self.cache().forget(key);
         tx.commit().map_err(corrupt)?;
@@ -786,13 +852,19 @@ impl Vault {
 
     /// Reads `key` (already checked, its target attested), answering from `memo` when the stored record
     /// is the one memoized.
-    fn get_unguarded(&self, key: &str, memo: Option<RecordValue>) -> Result<RecordValue, VaultError> {
+    fn get_unguarded(
+        &self,
+        key: &str,
+        locator: &Locator,
+        memo: Option<RecordValue>,
+    ) -> Result<RecordValue, VaultError> {
         let tx = self.db.begin_read()?;
         let records = tx.open_table(RECORDS).map_err(corrupt)?;
-        let Some(guard) = records.get(key).map_err(corrupt)? else {
+        let Some(guard) = records.get(locator_str(locator)).map_err(corrupt)? else {
             return Err(self.absent(&tx, key));
         };
-        let env = decode_envelope(guard.value())?;
+        // The stored key is not opened: the value's associated data binds the key asked for.
+        let env = decode_record(guard.value())?.body;
         let refused = || {
             VaultError::Integrity(format!("record {key:?} does not authenticate (altered, moved or another tenant's)"))
         };
@@ -822,18 +894,19 @@ impl Vault {
     }
 
     fn delete_unguarded(&self, key: &str) -> Result<(), VaultError> {
-        check_key(key)?;
+        let locator = self.recall(key)?.locator;
+        let locator = locator_str(&locator);
         let mut tx = self.db.begin_write()?;
         tx.set_durability(redb::Durability::Immediate).map_err(corrupt)?;
         {
             let mut records = tx.open_table(RECORDS).map_err(corrupt)?;
             let mut meta = tx.open_table(META).map_err(corrupt)?;
             let mut digest = read_digest(&meta)?;
-            let Some(old) = records.remove(key).map_err(corrupt)?.map(|v| v.value().to_vec()) else {
+            let Some(old) = records.remove(locator).map_err(corrupt)?.map(|v| v.value().to_vec()) else {
                 // Nothing was removed; the transaction is dropped uncommitted.
                 return Err(self.absent(&self.db.begin_read()?, key));
             };
-            xor_into(&mut digest, &entry_mac(&self.mac_key, "records", key, &old));
+            xor_into(&mut digest, &entry_mac(&self.mac_key, "records", locator, &old));
             meta.insert(META_DIGEST, digest.as_slice()).map_err(corrupt)?;
         }
         self.cache().forget(key);
@@ -892,19 +965,23 @@ impl Vault {
         let meta = tx.open_table(META).map_err(corrupt)?;
         let stored = read_digest(&meta)?;
         let mut digest = [0u8; 32];
-        let mut out = Vec::new();
+        // Each record's locator, version, length and sealed key; the keys are opened once the set digest
+        // has matched, so an entry renamed or removed on disk is reported as that, first.
+        let mut found = Vec::new();
         for item in records.iter().map_err(corrupt)? {
             let (k, v) = item.map_err(corrupt)?;
-            let key = k.value();
-            let env = decode_envelope(v.value())?;
+            let locator = k.value();
+            let env = decode_record(v.value())?;
             if authenticate {
+                let key = self.open_record_key(locator, &env.key)?;
                 self.cipher
-                    .open(&aad(AAD_RECORD, &self.tenant, key, env.version), &env)
+                    .open(&aad(AAD_RECORD, &self.tenant, &key, env.body.version), &env.body)
                     .ok_or_else(|| VaultError::Integrity(format!("record {key:?} does not authenticate")))?;
             }
-            xor_into(&mut digest, &entry_mac(&self.mac_key, "records", key, v.value()));
-            let len = env.ciphertext.len().saturating_sub(TAG_LEN);
-            out.push(RecordInfo { key: key.to_string(), version: env.version, len });
+            xor_into(&mut digest, &entry_mac(&self.mac_key, "records", locator, v.value()));
+            let len = env.body.ciphertext.len().saturating_sub(TAG_LEN);
+            let sealed_key = (env.key.nonce, env.key.ciphertext.to_vec());
+            found.push((locator.to_string(), env.body.version, len, sealed_key));
         }
         for item in meta.iter().map_err(corrupt)? {
             let (k, v) = item.map_err(corrupt)?;
@@ -932,7 +1009,21 @@ impl Vault {
                     .into(),
             ));
         }
+        let mut out = Vec::with_capacity(found.len());
+        for (locator, version, len, (nonce, ciphertext)) in found {
+            let key = self.open_record_key(&locator, &EnvelopeRef { version: 0, nonce, ciphertext: &ciphertext })?;
+            out.push(RecordInfo { key, version, len });
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
+    }
+
+    /// The record key sealed beside the record stored under `locator`.
+    fn open_record_key(&self, locator: &str, sealed: &EnvelopeRef<'_>) -> Result<String, VaultError> {
+        let refused =
+            || VaultError::Integrity(format!("the key of the record stored as {locator} does not authenticate"));
+        let opened = self.cipher.open(&aad(AAD_RECORD_KEY, &self.tenant, locator, 0), sealed).ok_or_else(refused)?;
+        std::str::from_utf8(&opened).map(str::to_string).map_err(|_| refused())
     }
 }
 
@@ -940,6 +1031,15 @@ fn read_digest(meta: &impl ReadableTable<&'static str, &'static [u8]>) -> Result
     let v =
         meta.get(META_DIGEST).map_err(corrupt)?.ok_or_else(|| VaultError::Integrity("set digest missing".into()))?;
     <[u8; 32]>::try_from(v.value()).map_err(|_| VaultError::Integrity("set digest has the wrong length".into()))
+}
+
+fn decode_record(bytes: &[u8]) -> Result<RecordEnvelopeRef<'_>, VaultError> {
+    let (env, rest): (RecordEnvelopeRef<'_>, &[u8]) =
+        postcard::take_from_bytes(bytes).map_err(|_| VaultError::Integrity("stored record is malformed".into()))?;
+    if !rest.is_empty() {
+        return Err(VaultError::Integrity("stored record has trailing bytes".into()));
+    }
+    Ok(env)
 }
 
 fn decode_envelope(bytes: &[u8]) -> Result<EnvelopeRef<'_>, VaultError> {
@@ -999,6 +1099,18 @@ mod tests {
         fn t_verify(&self, g: &TestGate) -> Result<usize, VaultError> {
             self.verify(&g.tok(self, OpKind::VaultList, None))
         }
+        /// The stored bytes of record `key`, read past the vault.
+        fn raw(&self, key: &str) -> Vec<u8> {
+            let tx = self.db.begin_read().unwrap();
+            let records = tx.open_table(RECORDS).unwrap();
+            records.get(self.record_locator(key).unwrap().as_str()).unwrap().unwrap().value().to_vec()
+        }
+        /// Writes `bytes` as record `key`'s stored bytes, past the vault (its set digest is not updated).
+        fn put_raw(&self, key: &str, bytes: &[u8]) {
+            let tx = self.db.begin_write().unwrap();
+            tx.open_table(RECORDS).unwrap().insert(self.record_locator(key).unwrap().as_str(), bytes).unwrap();
+            tx.commit().unwrap();
+        }
         /// Records memoized and the bytes counted for them (checked against the slots themselves).
         fn memoized(&self) -> (usize, usize) {
             let cache = self.cache();
@@ -1034,6 +1146,48 @@ mod tests {
         drop(v);
         let v = Vault::open(&p, t, &kek).unwrap();
         assert_eq!(&*v.t_get(&g, "k1").unwrap(), b"secret2");
+    }
+
+    #[test]
+    fn record_keys_are_stored_only_sealed() {
+        let (_d, p, t, kek) = fresh();
+        let g = gate_for(t);
+        let v = Vault::create(&p, t, &kek).unwrap();
+        let keys = ["patient/4711/diagnosis", "b-key", "a-key"];
+        for k in keys {
+            v.t_put(&g, k, b"v").unwrap();
+        }
+        let listed: Vec<String> = v.t_list(&g).unwrap().into_iter().map(|r| r.key).collect();
+        assert_eq!(listed, ["a-key", "b-key", "patient/4711/diagnosis"], "listed by key, named from the sealed keys");
+        // Each record is stored under a 64-hex-digit locator that depends on the vault's keys.
+        let stored: Vec<String> = {
+            let tx = v.db.begin_read().unwrap();
+            let records = tx.open_table(RECORDS).unwrap();
+            records.iter().unwrap().map(|e| e.unwrap().0.value().to_string()).collect()
+        };
+        assert_eq!(stored.len(), 3);
+        assert!(stored.iter().all(|l| l.len() == 64 && l.bytes().all(|b| b.is_ascii_hexdigit())), "{stored:?}");
+        let other = Vault::create(&p.with_file_name("other.redb"), t, &kek).unwrap();
+        assert_ne!(other.record_locator("a-key").unwrap(), v.record_locator("a-key").unwrap());
+        drop(v);
+        let file = std::fs::read(&p).unwrap();
+        for k in ["patient/4711", "b-key", "a-key"] {
+            assert!(!file.windows(k.len()).any(|w| w == k.as_bytes()), "{k:?} is in the vault file in the clear");
+        }
+    }
+
+    #[test]
+    fn a_format_1_vault_is_refused_by_name() {
+        let (_d, p, t, kek) = fresh();
+        drop(Vault::create(&p, t, &kek).unwrap());
+        {
+            let db = Database::open(&p).unwrap();
+            let tx = db.begin_write().unwrap();
+            tx.open_table(META).unwrap().insert(META_FORMAT, FORMAT_V1).unwrap();
+            tx.commit().unwrap();
+        }
+        let e = Vault::open(&p, t, &kek).unwrap_err();
+        assert!(matches!(&e, VaultError::Integrity(m) if m.contains("format 1")), "{e}");
     }
 
     #[test]
@@ -1152,15 +1306,7 @@ mod tests {
         // A record that failed to authenticate is neither kept nor counted as read.
         drop(v);
         let v = Vault::open(&p, t, &kek).unwrap();
-        let other = {
-            let tx = v.db.begin_read().unwrap();
-            tx.open_table(RECORDS).unwrap().get("k2").unwrap().unwrap().value().to_vec()
-        };
-        {
-            let tx = v.db.begin_write().unwrap();
-            tx.open_table(RECORDS).unwrap().insert("k1", other.as_slice()).unwrap();
-            tx.commit().unwrap();
-        }
+        v.put_raw("k1", &v.raw("k2"));
         for _ in 0..3 {
             assert!(matches!(v.t_get(&g, "k1"), Err(VaultError::Integrity(_))));
         }
@@ -1171,7 +1317,7 @@ mod tests {
     #[test]
     fn the_record_cache_stays_within_its_bounds() {
         let mut cache = RecordCache::default();
-        let none = || Ok(Target::None);
+        let none = || Ok((Target::None, [b'0'; 64]));
         let mib = |b: u8| RecordValue::new([b; 44], Plaintext::new(vec![b; 1 << 20]));
         // The memo budget: 80 records of 1 MiB, kept as if each was written, never hold more than
         // MEMO_BYTES, and eviction leaves the newest record kept.
@@ -1180,7 +1326,7 @@ mod tests {
             cache.recall(&key, none).unwrap();
             cache.keep(&key, mib(i));
             assert!(cache.memo_bytes <= MEMO_BYTES);
-            let (_, kept) = cache.recall(&key, none).unwrap();
+            let kept = cache.recall(&key, none).unwrap().memo;
             assert_eq!(kept.map(|v| (v.0.sealed, v[0])), Some(([i; 44], i)));
         }
         let counted: usize = cache.slots.values().filter_map(|s| s.memo.as_ref()).map(memo_size).sum();
@@ -1188,7 +1334,7 @@ mod tests {
         // A record over an eighth of the budget is never kept.
         cache.recall("huge", none).unwrap();
         cache.keep("huge", RecordValue::new([0; 44], Plaintext::new(vec![0; MEMO_BYTES / 8 + 1])));
-        assert!(cache.recall("huge", none).unwrap().1.is_none());
+        assert!(cache.recall("huge", none).unwrap().memo.is_none());
         // The key bound: past TARGET_CACHE keys, those holding no plaintext are forgotten first.
         for i in 0..TARGET_CACHE + 10 {
             cache.recall(&format!("k{i}"), none).unwrap();
@@ -1199,11 +1345,11 @@ mod tests {
         let small = RecordValue::new([1; 44], Plaintext::new(b"v".to_vec()));
         cache.recall("r", none).unwrap();
         cache.admit("r", &small);
-        assert!(cache.recall("r", none).unwrap().1.is_none());
+        assert!(cache.recall("r", none).unwrap().memo.is_none());
         cache.admit("r", &small);
-        assert!(cache.recall("r", none).unwrap().1.is_some());
+        assert!(cache.recall("r", none).unwrap().memo.is_some());
         cache.forget("r");
-        assert!(cache.recall("r", none).unwrap().1.is_none());
+        assert!(cache.recall("r", none).unwrap().memo.is_none());
         assert!(!cache.slots["r"].read_once);
         // A key the cache does not hold is never memoized.
         cache.keep("absent", small.clone());
@@ -1233,17 +1379,14 @@ mod tests {
         let v = Vault::create(&p, t, &kek).unwrap();
         v.t_put(&g, "k1", b"one").unwrap();
         v.t_put(&g, "k2", b"two").unwrap();
-        let k1 = {
-            let tx = v.db.begin_read().unwrap();
-            tx.open_table(RECORDS).unwrap().get("k1").unwrap().unwrap().value().to_vec()
-        };
+        let k1 = v.raw("k1");
         let raw = |remove: &str, insert: Option<(&str, &[u8])>| {
             let tx = v.db.begin_write().unwrap();
             {
                 let mut records = tx.open_table(RECORDS).unwrap();
-                records.remove(remove).unwrap();
+                records.remove(v.record_locator(remove).unwrap().as_str()).unwrap();
                 if let Some((key, bytes)) = insert {
-                    records.insert(key, bytes).unwrap();
+                    records.insert(v.record_locator(key).unwrap().as_str(), bytes).unwrap();
                 }
             }
             tx.commit().unwrap();
@@ -1262,9 +1405,7 @@ mod tests {
         // While the vault's entries do not match its digest, a read of any absent key reports it.
         assert!(matches!(v.t_get(&g, "k3"), Err(VaultError::Integrity(m)) if m.contains("set digest")));
         // Put back as it was: listed again.
-        let tx = v.db.begin_write().unwrap();
-        tx.open_table(RECORDS).unwrap().insert("k1", k1.as_slice()).unwrap();
-        tx.commit().unwrap();
+        v.put_raw("k1", &k1);
         let keys: Vec<String> = v.t_list(&g).unwrap().into_iter().map(|r| r.key).collect();
         assert_eq!(keys, ["k1", "k2"]);
         assert_eq!(&*v.t_get(&g, "k1").unwrap(), b"one");
@@ -1284,27 +1425,18 @@ mod tests {
         assert!(Arc::ptr_eq(&one.0, &v.t_get(&g, "a").unwrap().0), "a repeated read is served from the memo");
         assert_eq!(format!("{one:?}"), "RecordValue([REDACTED; 5 bytes])");
         // Overwrite a's stored bytes behind the vault's back with b's envelope: the memo must not answer.
-        let write_raw = |key: &str, bytes: &[u8]| {
-            let tx = v.db.begin_write().unwrap();
-            tx.open_table(RECORDS).unwrap().insert(key, bytes).unwrap();
-            tx.commit().unwrap();
-        };
-        let b_bytes = {
-            let tx = v.db.begin_read().unwrap();
-            tx.open_table(RECORDS).unwrap().get("b").unwrap().unwrap().value().to_vec()
-        };
-        let a_bytes = {
-            let tx = v.db.begin_read().unwrap();
-            tx.open_table(RECORDS).unwrap().get("a").unwrap().unwrap().value().to_vec()
-        };
+        let write_raw = |key: &str, bytes: &[u8]| v.put_raw(key, bytes);
+        let b_bytes = v.raw("b");
+        let a_bytes = v.raw("a");
         write_raw("a", &b_bytes);
         assert!(matches!(v.t_get(&g, "a"), Err(VaultError::Integrity(_))));
         // Restored, it reads again (and is memoized again).
         write_raw("a", &a_bytes);
         assert_eq!(&*v.t_get(&g, "a").unwrap(), b"first");
-        // A flipped tag byte: refused at once.
+        // A flipped tag byte of the value: refused at once.
         let mut flipped = a_bytes.clone();
-        let last = flipped.len() - 1;
+        let (_, after_body): (EnvelopeRef<'_>, &[u8]) = postcard::take_from_bytes(&a_bytes).unwrap();
+        let last = a_bytes.len() - after_body.len() - 1;
         flipped[last] ^= 1;
         write_raw("a", &flipped);
         assert!(matches!(v.t_get(&g, "a"), Err(VaultError::Integrity(_))));
@@ -1350,16 +1482,8 @@ mod tests {
         a.t_put(&g_a, "k2", b"beta").unwrap();
         b.t_put(&g_b, "k1", b"other").unwrap();
         // Copy A's raw envelope for k1 into B, and A's k1 envelope over A's k2.
-        let raw = |v: &Vault, k: &str| {
-            let tx = v.db.begin_read().unwrap();
-            let t = tx.open_table(RECORDS).unwrap();
-            t.get(k).unwrap().unwrap().value().to_vec()
-        };
-        let put_raw = |v: &Vault, k: &str, bytes: &[u8]| {
-            let tx = v.db.begin_write().unwrap();
-            tx.open_table(RECORDS).unwrap().insert(k, bytes).unwrap();
-            tx.commit().unwrap();
-        };
+        let raw = |v: &Vault, k: &str| v.raw(k);
+        let put_raw = |v: &Vault, k: &str, bytes: &[u8]| v.put_raw(k, bytes);
         let a_k1 = raw(&a, "k1");
         put_raw(&b, "k1", &a_k1);
         assert!(matches!(b.t_get(&g_b, "k1"), Err(VaultError::Integrity(_))));
