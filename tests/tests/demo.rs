@@ -26,6 +26,7 @@ fn demo_runs_to_completion_with_a_managed_swtpm() {
         assert!(out.contains(needle), "demo output lacks {needle:?}:\n{out}\nstderr:\n{}", run.stderr);
     }
     assert!(out.contains("contains its plaintext: false"), "demo found plaintext on disk:\n{out}");
+    assert!(out.contains("or its record key in the clear: false"), "demo found a record key on disk:\n{out}");
     // It left its data dir, with the managed swtpm's state inside it, and no swtpm running for it.
     let demo_dirs: Vec<_> = std::fs::read_dir(dir.path()).expect("read_dir").flatten().collect();
     assert_eq!(demo_dirs.len(), 1, "one demo-<time> dir");

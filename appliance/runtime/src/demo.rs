@@ -64,8 +64,9 @@ pub fn run(parent: &Path, tpm_choice: &str) -> Fallible {
         let (v, _) = t.get("contract-2026-001")?;
         println!("    legal reads contract-2026-001: {:?}", String::from_utf8_lossy(&v));
         let raw = std::fs::read(dd.tenant_dir(&trading.record.id).join("vault.redb"))?;
-        let leaked = raw.windows(b"VaR".len()).any(|w| w == b"VaR");
-        println!("    trading's vault file on disk contains its plaintext: {leaked}");
+        let holds = |needle: &[u8]| raw.windows(needle.len()).any(|w| w == needle);
+        println!("    trading's vault file on disk contains its plaintext: {}", holds(b"VaR"));
+        println!("    ... or its record key in the clear: {}", holds(b"limit/desk-7"));
     }
 
     if !managed {
