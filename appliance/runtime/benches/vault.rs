@@ -1,8 +1,9 @@
 //! Vault put/get throughput of 4 KiB records, beside the same store without encryption in the same run.
 //!
 //! - Vault: `Vault::put` / `Vault::get` (AES-256-GCM-SIV per record with AAD binding tenant, key and
-//!   version, sealed with aes-gcm-siv and opened with aws-lc-rs; keyed set digest updated on put; one
-//!   redb write transaction per put with `Durability::Immediate`).
+//!   version, sealed with aes-gcm-siv and opened with aws-lc-rs; stored under a keyed hash of its key,
+//!   the key sealed beside it; keyed set digest updated on put; one redb write transaction per put with
+//!   `Durability::Immediate`).
 //! - Plain store: the same redb crate and version as the vault, same `records` (`&str` -> `&[u8]`) and
 //!   `meta` tables, one write transaction per put with `Durability::Immediate`, the 4 KiB value stored as
 //!   is; a get is one read transaction returning an owned copy, like the vault's.
@@ -37,6 +38,10 @@
 //! The token check runs inside the timed region: `Vault::get` looks up the record's OAR target (see above)
 //! and compares it with the token's (`Attested::require`). The cost of attestation is measured by the
 //! ledger's own bench (`cargo bench -p bulwark-ledger`).
+//!
+//! Gets read the keys in the order they were put (the vault's locators put its records in another order
+//! in its B-tree than the plain store's keys put theirs); `BULWARK_BENCH_READ_ORDER=shuffled` reads them
+//! in one random order instead, the same for every store and pass.
 //!
 //! Run: `cargo bench -p bulwark-appliance --bench vault`.
 
@@ -316,6 +321,23 @@ fn main() -> Result<(), BoxErr> {
     // cache from the attestation on).
     let floor_locators = keys.iter().map(|k| floor.locator(k)).collect::<Result<Vec<_>, _>>()?;
     drop(floor);
+    // With BULWARK_BENCH_READ_ORDER=shuffled, every get pass reads the keys in one random order instead
+    // of the order they were put in (for the record: the verdicts are taken in put order).
+    let shuffled = match std::env::var("BULWARK_BENCH_READ_ORDER").as_deref() {
+        Ok("shuffled") => true,
+        Ok("put") | Err(_) => false,
+        Ok(other) => return Err(format!("BULWARK_BENCH_READ_ORDER={other:?}: use put or shuffled").into()),
+    };
+    let (keys, get_tokens, floor_locators) = if shuffled {
+        use rand::seq::SliceRandom;
+        let mut all: Vec<_> = keys.into_iter().zip(get_tokens).zip(floor_locators).collect();
+        all.shuffle(&mut rand::rngs::OsRng);
+        let (kt, l): (Vec<_>, Vec<_>) = all.into_iter().unzip();
+        let (k, t): (Vec<_>, Vec<_>) = kt.into_iter().unzip();
+        (k, t, l)
+    } else {
+        (keys, get_tokens, floor_locators)
+    };
 
     // Gets. 2 x FIRST_ROUNDS times: close and reopen both stores, then read every key once from each
     // (first reads), in chunks read from both stores back to back (the order alternating per chunk), so
@@ -489,7 +511,9 @@ fn main() -> Result<(), BoxErr> {
     let verdict = |r: f64| if r >= 0.7 { "met" } else { "MISSED" };
     println!(
         "vault bench: {KEYS} x 4 KiB records per store, puts in {ROUNDS} interleaved rounds; gets: 2 x \
-         {FIRST_ROUNDS} rounds of reopen + first reads, then {GET_PASSES} interleaved passes of {KEYS}; files in {}",
+         {FIRST_ROUNDS} rounds of reopen + first reads, then {GET_PASSES} interleaved passes of {KEYS}, keys read in \
+         {} order; files in {}",
+        if shuffled { "a shuffled" } else { "put" },
         dir.path().display()
     );
     println!("{}", common::machine_report());
