@@ -194,17 +194,21 @@ impl DataDir {
 mod tests {
     use super::*;
 
+    fn test_config() -> ApplianceConfig {
+        ApplianceConfig {
+            layout_version: 1,
+            profile: "dev-swtpm".into(),
+            appliance_id: "00".repeat(16),
+            danger_dev_unbound_executable: false,
+        }
+    }
+
     #[test]
     fn init_then_load_and_refuse_twice() {
         let d = tempfile::tempdir().unwrap();
         let dd = DataDir::new(d.path()).unwrap();
         assert!(matches!(dd.load_config(), Err(DataDirError::NotInitialised(_))));
-        let cfg = ApplianceConfig {
-            layout_version: 1,
-            profile: "dev-swtpm".into(),
-            appliance_id: "00".repeat(16),
-            danger_dev_unbound_executable: false,
-        };
+        let cfg = test_config();
         dd.initialise(&cfg, b"profile").unwrap();
         let (bytes, back) = dd.load_config().unwrap();
         assert_eq!(back, cfg);
@@ -218,12 +222,7 @@ mod tests {
         let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
         // Created by init: 0700 whatever the umask left.
         let fresh = DataDir::new(&d.path().join("fresh")).unwrap();
-        let cfg = ApplianceConfig {
-            layout_version: 1,
-            profile: "dev-swtpm".into(),
-            appliance_id: "00".repeat(16),
-            danger_dev_unbound_executable: false,
-        };
+        let cfg = test_config();
         fresh.initialise(&cfg, b"profile").unwrap();
         assert_eq!(mode(fresh.root()), 0o700);
         // An existing dir others could read or enter is tightened, once; its owner's bits are kept.

@@ -3,7 +3,6 @@
 //! is unsealed.
 
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -32,6 +31,9 @@ pub enum MachineError {
     /// The TPM failed.
     #[error(transparent)]
     Tpm(#[from] TpmError),
+    /// The data dir could not be created or made owner-only.
+    #[error(transparent)]
+    DataDir(Box<crate::datadir::DataDirError>),
     /// Filesystem error.
     #[error("I/O on {path}")]
     Io {
@@ -90,12 +92,8 @@ impl Machine {
             if Path::new(TPM_DEVICE).exists() {
                 (TctiSpec::Device { path: PathBuf::from(TPM_DEVICE) }, None, None)
             } else {
-                // Owner-only from the start, as `DataDir::make_private` keeps it (init writes the rest).
-                std::fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o700)
-                    .create(dd.root())
-                    .map_err(|source| MachineError::Io { path: dd.root().to_path_buf(), source })?;
+                // The swtpm's state lives in the data dir, so init needs it before it writes anything else.
+                dd.make_private().map_err(|e| MachineError::DataDir(Box::new(e)))?;
                 let lock = lock_with_wait(&dd.root().join("swtpm.lock"), SWTPM_LOCK_WAIT)?;
                 let sw = PrivateSwtpm::start(&dd.swtpm_dir()).map_err(MachineError::Swtpm)?;
                 (sw.spec(), Some(sw), Some(lock))

@@ -1034,21 +1034,21 @@ fn read_digest(meta: &impl ReadableTable<&'static str, &'static [u8]>) -> Result
 }
 
 fn decode_record(bytes: &[u8]) -> Result<RecordEnvelopeRef<'_>, VaultError> {
-    let (env, rest): (RecordEnvelopeRef<'_>, &[u8]) =
-        postcard::take_from_bytes(bytes).map_err(|_| VaultError::Integrity("stored record is malformed".into()))?;
-    if !rest.is_empty() {
-        return Err(VaultError::Integrity("stored record has trailing bytes".into()));
-    }
-    Ok(env)
+    decode_exactly(bytes)
 }
 
 fn decode_envelope(bytes: &[u8]) -> Result<EnvelopeRef<'_>, VaultError> {
-    let (env, rest): (EnvelopeRef<'_>, &[u8]) =
+    decode_exactly(bytes)
+}
+
+/// A stored value read in place, all of it: trailing bytes are refused like malformed ones.
+fn decode_exactly<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, VaultError> {
+    let (value, rest): (T, &[u8]) =
         postcard::take_from_bytes(bytes).map_err(|_| VaultError::Integrity("stored record is malformed".into()))?;
     if !rest.is_empty() {
         return Err(VaultError::Integrity("stored record has trailing bytes".into()));
     }
-    Ok(env)
+    Ok(value)
 }
 
 #[cfg(test)]
