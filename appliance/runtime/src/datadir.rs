@@ -14,8 +14,9 @@
 //! D/appliance/ledger/       the appliance ledger (tenant lifecycle, keys published)
 //! ```
 //!
-//! `D` itself is owner-only (mode 0700): what sits inside it in the clear (tenant names, record keys, ledger
-//! entries) is for the appliance's own user, and no file inside needs a mode of its own.
+//! `D` itself is owner-only (mode 0700): what sits inside it in the clear (tenant names, ledger entries, how
+//! many records each vault holds and how large they are) is for the appliance's own user, and no file inside
+//! needs a mode of its own.
 
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
