@@ -632,8 +632,9 @@ impl Vault {
 
     /// Stores `value` under `key` (a new version if it exists). Durable when it returns; returns the version.
     pub fn put(&self, attested: &Attested, key: &str, value: &[u8]) -> Result<u64, VaultError> {
-        self.check(attested, OpKind::VaultPut, &self.key_target(key)?)?;
-        guarded(Some(&self.db), || self.put_unguarded(key, value))
+        let Recalled { target, locator, .. } = self.recall(key)?;
+        self.check(attested, OpKind::VaultPut, &target)?;
+        guarded(Some(&self.db), || self.put_unguarded(key, &locator, value))
     }
 
     /// Reads and decrypts the record under `key` (from the read memo when the stored bytes are unchanged;
@@ -653,8 +654,9 @@ impl Vault {
 
     /// Deletes the record under `key`. Durable when it returns.
     pub fn delete(&self, attested: &Attested, key: &str) -> Result<(), VaultError> {
-        self.check(attested, OpKind::VaultDelete, &self.key_target(key)?)?;
-        guarded(Some(&self.db), || self.delete_unguarded(key))
+        let Recalled { target, locator, .. } = self.recall(key)?;
+        self.check(attested, OpKind::VaultDelete, &target)?;
+        guarded(Some(&self.db), || self.delete_unguarded(key, &locator))
     }
 
     /// Stores a tenant secret (e.g. its signing seed) under `name`, encrypted with the DEK and bound to
@@ -801,9 +803,9 @@ impl Vault {
         self.tenant
     }
 
-    fn put_unguarded(&self, key: &str, value: &[u8]) -> Result<u64, VaultError> {
-        let locator = self.recall(key)?.locator;
-        let locator = locator_str(&locator);
+    /// Stores `value` under `key`, whose locator the record cache gave (so `key` is already checked).
+    fn put_unguarded(&self, key: &str, locator: &Locator, value: &[u8]) -> Result<u64, VaultError> {
+        let locator = locator_str(locator);
         if value.len() > MAX_VALUE_LEN {
             return Err(VaultError::TooLarge { len: value.len(), max: MAX_VALUE_LEN });
         }
@@ -893,9 +895,8 @@ impl Vault {
         }
     }
 
-    fn delete_unguarded(&self, key: &str) -> Result<(), VaultError> {
-        let locator = self.recall(key)?.locator;
-        let locator = locator_str(&locator);
+    fn delete_unguarded(&self, key: &str, locator: &Locator) -> Result<(), VaultError> {
+        let locator = locator_str(locator);
         let mut tx = self.db.begin_write()?;
         tx.set_durability(redb::Durability::Immediate).map_err(corrupt)?;
         {
@@ -1083,7 +1084,7 @@ mod tests {
     impl Vault {
         fn t_put(&self, g: &TestGate, key: &str, value: &[u8]) -> Result<u64, VaultError> {
             if check_key(key).is_err() {
-                return self.put_unguarded(key, value);
+                return self.recall(key).and_then(|r| self.put_unguarded(key, &r.locator, value));
             }
             self.put(&g.tok(self, OpKind::VaultPut, Some(key)), key, value)
         }
