@@ -213,14 +213,19 @@ struct RecordCache {
 
 impl RecordCache {
     /// `key`'s target and locator (from `compute` the first time the key is seen) and its memoized
-    /// record, if any.
+    /// record, if any. For a `read` that finds no memoized record, also whether what it decrypts is to be
+    /// kept: yes if the key was read before, else the key is marked as read once. The mark is set before
+    /// the read runs, so a first read takes the cache's lock once; a read that then fails takes the mark
+    /// back ([`RecordCache::unmark`]).
     fn recall(
         &mut self,
         key: &str,
+        read: bool,
         compute: impl FnOnce() -> Result<(Target, Locator), VaultError>,
     ) -> Result<Recalled, VaultError> {
-        if let Some(slot) = self.slots.get(key) {
-            return Ok(Recalled { target: slot.target, locator: slot.locator, memo: slot.memo.clone() });
+        if let Some(slot) = self.slots.get_mut(key) {
+            let keep = read && slot.memo.is_none() && std::mem::replace(&mut slot.read_once, true);
+            return Ok(Recalled { target: slot.target, locator: slot.locator, memo: slot.memo.clone(), keep });
         }
         let (target, locator) = compute()?;
         if self.slots.len() >= TARGET_CACHE {
@@ -232,19 +237,8 @@ impl RecordCache {
                 self.memo_bytes = 0;
             }
         }
-        self.slots.insert(key.to_string(), Slot { target, locator, read_once: false, memo: None });
-        Ok(Recalled { target, locator, memo: None })
-    }
-
-    /// After a read had to decrypt: keeps `value` if `key` was read before, else notes that it was read.
-    /// A key the cache no longer holds is left alone.
-    fn admit(&mut self, key: &str, value: &RecordValue) {
-        let Some(slot) = self.slots.get_mut(key) else { return };
-        if slot.read_once {
-            self.keep(key, value.clone());
-        } else {
-            slot.read_once = true;
-        }
+        self.slots.insert(key.to_string(), Slot { target, locator, read_once: read, memo: None });
+        Ok(Recalled { target, locator, memo: None, keep: false })
     }
 
     /// Memoizes `value` (a record just written, or read a second time), within [`MEMO_BYTES`].
@@ -273,6 +267,13 @@ impl RecordCache {
         }
     }
 
+    /// Takes back the read-once mark a read set in [`RecordCache::recall`] (the read failed).
+    fn unmark(&mut self, key: &str) {
+        if let Some(slot) = self.slots.get_mut(key) {
+            slot.read_once = false;
+        }
+    }
+
     /// Drops `key`'s plaintext (wiped once no reader holds it) and its read-once mark.
     fn forget(&mut self, key: &str) {
         let Some(slot) = self.slots.get_mut(key) else { return };
@@ -288,6 +289,8 @@ struct Recalled {
     target: Target,
     locator: Locator,
     memo: Option<RecordValue>,
+    /// A read that decrypts is to keep the record (see [`RecordCache::recall`]).
+    keep: bool,
 }
 
 /// The name a record is stored under: HMAC-SHA-256 of its key under a key derived from the DEK, as 64
@@ -640,9 +643,17 @@ impl Vault {
     /// Reads and decrypts the record under `key` (from the read memo when the stored bytes are unchanged;
     /// a record read the second time is kept there).
     pub fn get(&self, attested: &Attested, key: &str) -> Result<RecordValue, VaultError> {
-        let Recalled { target, locator, memo } = self.recall(key)?;
-        self.check(attested, OpKind::VaultGet, &target)?;
-        guarded(Some(&self.db), || self.get_unguarded(key, &locator, memo))
+        let Recalled { target, locator, memo, keep } = self.recall_for(key, true)?;
+        // Whether this read marked the key as read once (see `RecordCache::recall`): a read that fails
+        // takes the mark back.
+        let first = memo.is_none() && !keep;
+        let read = self
+            .check(attested, OpKind::VaultGet, &target)
+            .and_then(|()| guarded(Some(&self.db), || self.get_unguarded(key, &locator, memo, keep)));
+        if read.is_err() && first {
+            self.cache().unmark(key);
+        }
+        read
     }
 
     /// Lists every record's key, version and plaintext length, in key order, after checking the keyed set
@@ -777,8 +788,13 @@ impl Vault {
 
     /// `key`'s OAR target, locator and memoized record (one lookup in the record cache).
     fn recall(&self, key: &str) -> Result<Recalled, VaultError> {
+        self.recall_for(key, false)
+    }
+
+    /// [`Vault::recall`], for a `read` also whether it keeps what it decrypts (see [`RecordCache::recall`]).
+    fn recall_for(&self, key: &str, read: bool) -> Result<Recalled, VaultError> {
         check_key(key)?;
-        self.cache().recall(key, || {
+        self.cache().recall(key, read, || {
             let salt = entry_mac(&self.mac_key, "oar-salt", key, &[]);
             let (c, _opening) = Commitment::with_salt("vault/key", salt, key.as_bytes())
                 .map_err(|e| VaultError::Integrity(format!("cannot commit to the record key: {e}")))?;
@@ -853,12 +869,13 @@ impl Vault {
     }
 
     /// Reads `key` (already checked, its target attested), answering from `memo` when the stored record
-    /// is the one memoized.
+    /// is the one memoized, and memoizing what it decrypts if it is to `keep` it or `memo` is stale.
     fn get_unguarded(
         &self,
         key: &str,
         locator: &Locator,
         memo: Option<RecordValue>,
+        keep: bool,
     ) -> Result<RecordValue, VaultError> {
         let tx = self.db.begin_read()?;
         let records = tx.open_table(RECORDS).map_err(corrupt)?;
@@ -872,12 +889,16 @@ impl Vault {
         };
         // A ciphertext shorter than its tag has no identity and cannot authenticate.
         let sealed = sealed_id(&env).ok_or_else(refused)?;
-        if let Some(kept) = memo.filter(|kept| kept.0.sealed == sealed) {
-            return Ok(kept);
-        }
+        let stale = match memo {
+            Some(kept) if kept.0.sealed == sealed => return Ok(kept),
+            Some(_) => true,
+            None => false,
+        };
         let plaintext = self.cipher.open(&aad(AAD_RECORD, &self.tenant, key, env.version), &env).ok_or_else(refused)?;
         let value = RecordValue::new(sealed, plaintext);
-        self.cache().admit(key, &value);
+        if keep || stale {
+            self.cache().keep(key, value.clone());
+        }
         Ok(value)
     }
 
@@ -1324,37 +1345,42 @@ mod tests {
         // MEMO_BYTES, and eviction leaves the newest record kept.
         for i in 0..80u8 {
             let key = format!("big{i}");
-            cache.recall(&key, none).unwrap();
+            cache.recall(&key, false, none).unwrap();
             cache.keep(&key, mib(i));
             assert!(cache.memo_bytes <= MEMO_BYTES);
-            let kept = cache.recall(&key, none).unwrap().memo;
+            let kept = cache.recall(&key, true, none).unwrap().memo;
             assert_eq!(kept.map(|v| (v.0.sealed, v[0])), Some(([i; 44], i)));
         }
         let counted: usize = cache.slots.values().filter_map(|s| s.memo.as_ref()).map(memo_size).sum();
         assert_eq!(counted, cache.memo_bytes);
         // A record over an eighth of the budget is never kept.
-        cache.recall("huge", none).unwrap();
+        cache.recall("huge", false, none).unwrap();
         cache.keep("huge", RecordValue::new([0; 44], Plaintext::new(vec![0; MEMO_BYTES / 8 + 1])));
-        assert!(cache.recall("huge", none).unwrap().memo.is_none());
+        assert!(cache.recall("huge", false, none).unwrap().memo.is_none());
         // The key bound: past TARGET_CACHE keys, those holding no plaintext are forgotten first.
         for i in 0..TARGET_CACHE + 10 {
-            cache.recall(&format!("k{i}"), none).unwrap();
+            cache.recall(&format!("k{i}"), false, none).unwrap();
             assert!(cache.slots.len() <= TARGET_CACHE);
         }
         assert!(cache.slots.contains_key("big79"), "a memoized record outlives the keys that hold nothing");
         // Read once, then twice: kept on the second read; forgotten entirely on a write or delete.
         let small = RecordValue::new([1; 44], Plaintext::new(b"v".to_vec()));
-        cache.recall("r", none).unwrap();
-        cache.admit("r", &small);
-        assert!(cache.recall("r", none).unwrap().memo.is_none());
-        cache.admit("r", &small);
-        assert!(cache.recall("r", none).unwrap().memo.is_some());
+        // Only a read keeps, and not a lookup for an OAR target or a write's locator.
+        assert!(!cache.recall("r", false, none).unwrap().keep);
+        assert!(!cache.recall("r", true, none).unwrap().keep, "a first read is not kept");
+        assert!(!cache.recall("r", false, none).unwrap().keep);
+        assert!(cache.recall("r", true, none).unwrap().keep, "a second read is");
+        cache.keep("r", small.clone());
+        let again = cache.recall("r", true, none).unwrap();
+        assert!(again.memo.is_some() && !again.keep, "a memoized record is answered, not read again");
         cache.forget("r");
-        assert!(cache.recall("r", none).unwrap().memo.is_none());
+        assert!(cache.recall("r", false, none).unwrap().memo.is_none());
         assert!(!cache.slots["r"].read_once);
+        // A key first seen by a read counts that read.
+        assert!(!cache.recall("s", true, none).unwrap().keep);
+        assert!(cache.recall("s", true, none).unwrap().keep);
         // A key the cache does not hold is never memoized.
         cache.keep("absent", small.clone());
-        cache.admit("absent", &small);
         assert!(!cache.slots.contains_key("absent"));
     }
 
