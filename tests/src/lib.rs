@@ -91,7 +91,7 @@ fn build_package(profile_dir: &Path, package: &str) {
     let profile = profile_dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.current_dir(workspace_root()).env("CARGO_TARGET_DIR", target_dir).args(["build", "-p", package]);
+    cmd.current_dir(workspace_root()).env("CARGO_TARGET_DIR", target_dir).args(["build", "--locked", "-p", package]);
     match profile {
         "debug" => {}
         "release" => {
