@@ -67,13 +67,13 @@ fn workspace_bin(name: &str, package: &str, env_var: &str) -> PathBuf {
     bin
 }
 
-/// The real `bulwark` binary (`$BULWARK_BIN` overrides), built once if absent.
+/// The real `bulwark` binary (`$BULWARK_BIN` overrides), built first if absent or stale.
 pub fn bulwark_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| workspace_bin("bulwark", "bulwark-appliance", "BULWARK_BIN"))
 }
 
-/// The real `bulwark-verify` binary (`$BULWARK_VERIFY_BIN` overrides), built once if absent.
+/// The real `bulwark-verify` binary (`$BULWARK_VERIFY_BIN` overrides), built first if absent or stale.
 pub fn verify_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| workspace_bin("bulwark-verify", "bulwark-verify", "BULWARK_VERIFY_BIN"))
