@@ -49,9 +49,9 @@ fn profile_dir() -> PathBuf {
 }
 
 /// A workspace binary `name` of package `package`: `$env_var` if set, else `name` in the target profile
-/// directory this test executable was built into. When it is absent, or older than this test executable
-/// (a change to the appliance's library rebuilt the tests but not yet the binary they run), builds it
-/// with `cargo build -p <package>` into that same target dir (a no-op when it is up to date).
+/// directory this test executable was built into, after `cargo build -p <package>` into that same target
+/// dir. Cargo decides whether it is stale (a no-op when it is up to date), so a change anywhere in the
+/// package, its `main.rs` included, is in the binary a test runs. Called once per test process.
 fn workspace_bin(name: &str, package: &str, env_var: &str) -> PathBuf {
     if let Some(p) = std::env::var_os(env_var) {
         let p = PathBuf::from(p);
@@ -60,30 +60,21 @@ fn workspace_bin(name: &str, package: &str, env_var: &str) -> PathBuf {
     }
     let profile_dir = profile_dir();
     let bin = profile_dir.join(name);
-    if !bin.is_file() || older_than_this_test(&bin) {
-        build_package(&profile_dir, package);
-    }
-    assert!(bin.is_file(), "{name} binary not found at {} even after building it", bin.display());
+    build_package(&profile_dir, package);
+    assert!(bin.is_file(), "{name} binary not found at {} after building it", bin.display());
     bin
 }
 
-/// The real `bulwark` binary (`$BULWARK_BIN` overrides), built first if absent or stale.
+/// The real `bulwark` binary (`$BULWARK_BIN` overrides), built first if stale.
 pub fn bulwark_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| workspace_bin("bulwark", "bulwark-appliance", "BULWARK_BIN"))
 }
 
-/// The real `bulwark-verify` binary (`$BULWARK_VERIFY_BIN` overrides), built first if absent or stale.
+/// The real `bulwark-verify` binary (`$BULWARK_VERIFY_BIN` overrides), built first if stale.
 pub fn verify_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| workspace_bin("bulwark-verify", "bulwark-verify", "BULWARK_VERIFY_BIN"))
-}
-
-/// Whether `bin` was last modified before the running test executable was.
-fn older_than_this_test(bin: &Path) -> bool {
-    let modified = |p: &Path| p.metadata().and_then(|m| m.modified()).ok();
-    let this = std::env::current_exe().ok().and_then(|exe| modified(&exe));
-    matches!((modified(bin), this), (Some(b), Some(t)) if b < t)
 }
 
 fn build_package(profile_dir: &Path, package: &str) {
