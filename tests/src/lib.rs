@@ -48,19 +48,17 @@ fn profile_dir() -> PathBuf {
     }
 }
 
-/// A workspace binary `name` of package `package`: `$env_var` if set, else `name` in the target profile
-/// directory this test executable was built into, after `cargo build -p <package>` into that same target
-/// dir. Cargo decides whether it is stale (a no-op when it is up to date), so a change anywhere in the
-/// package, its `main.rs` included, is in the binary a test runs. Called once per test process.
-fn workspace_bin(name: &str, package: &str, env_var: &str) -> PathBuf {
+/// A workspace binary `name`: `$env_var` if set, else `name` in the target profile directory this test
+/// executable was built into, once [`build_binaries`] has brought it up to date.
+fn workspace_bin(name: &str, env_var: &str) -> PathBuf {
     if let Some(p) = std::env::var_os(env_var) {
         let p = PathBuf::from(p);
         assert!(p.is_file(), "{env_var}={} is not a file", p.display());
         return p;
     }
     let profile_dir = profile_dir();
+    build_binaries(&profile_dir);
     let bin = profile_dir.join(name);
-    build_package(&profile_dir, package);
     assert!(bin.is_file(), "{name} binary not found at {} after building it", bin.display());
     bin
 }
@@ -68,32 +66,47 @@ fn workspace_bin(name: &str, package: &str, env_var: &str) -> PathBuf {
 /// The real `bulwark` binary (`$BULWARK_BIN` overrides), built first if stale.
 pub fn bulwark_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| workspace_bin("bulwark", "bulwark-appliance", "BULWARK_BIN"))
+    BIN.get_or_init(|| workspace_bin("bulwark", "BULWARK_BIN"))
 }
 
 /// The real `bulwark-verify` binary (`$BULWARK_VERIFY_BIN` overrides), built first if stale.
 pub fn verify_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| workspace_bin("bulwark-verify", "bulwark-verify", "BULWARK_VERIFY_BIN"))
+    BIN.get_or_init(|| workspace_bin("bulwark-verify", "BULWARK_VERIFY_BIN"))
 }
 
-fn build_package(profile_dir: &Path, package: &str) {
-    let target_dir = profile_dir.parent().expect("profile directory has no parent");
-    let profile = profile_dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.current_dir(workspace_root()).env("CARGO_TARGET_DIR", target_dir).args(["build", "--locked", "-p", package]);
-    match profile {
-        "debug" => {}
-        "release" => {
-            cmd.arg("--release");
+/// Builds both binaries the way `scripts/run-appliance` builds them (one `cargo build --locked -p
+/// bulwark-appliance -p bulwark-verify`, so with the features the shipped binaries get, not the ones a
+/// workspace build of every test unifies), into `profile_dir`'s target dir, once per test process. Cargo
+/// decides what is stale (a no-op when nothing is), so a change anywhere in either package, a `main.rs`
+/// included, is in the binary a test runs.
+fn build_binaries(profile_dir: &Path) {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let target_dir = profile_dir.parent().expect("profile directory has no parent");
+        let profile = profile_dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.current_dir(workspace_root()).env("CARGO_TARGET_DIR", target_dir).args([
+            "build",
+            "--locked",
+            "-p",
+            "bulwark-appliance",
+            "-p",
+            "bulwark-verify",
+        ]);
+        match profile {
+            "debug" => {}
+            "release" => {
+                cmd.arg("--release");
+            }
+            other => {
+                cmd.args(["--profile", other]);
+            }
         }
-        other => {
-            cmd.args(["--profile", other]);
-        }
-    }
-    let status = cmd.status().unwrap_or_else(|e| panic!("cannot run cargo to build {package}: {e}"));
-    assert!(status.success(), "cargo build -p {package} failed: {status}");
+        let status = cmd.status().unwrap_or_else(|e| panic!("cannot run cargo to build the binaries: {e}"));
+        assert!(status.success(), "cargo build -p bulwark-appliance -p bulwark-verify failed: {status}");
+    });
 }
 
 /// The result of one finished child process.
