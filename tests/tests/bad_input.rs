@@ -57,7 +57,7 @@ fn unknown_and_malformed_tenant_ids_are_refused() {
     env.get("0123456789abcdef0123456789abcdef", "k").fails_with(&["no tenant 0123456789abcdef0123456789abcdef"]);
     for bad in ["legal", "0123456789ABCDEF0123456789ABCDEF", "0123456789abcdef0123456789abcde", "../../etc/passwd", ""]
     {
-        env.get(bad, "k").fails_with(&["not an id", "32 lowercase hex digits"]);
+        env.get(bad, "k").fails_with(&["not an id", "32 lowercase hex digits", "`bulwark tenant list`"]);
         env.run(&["tenant", "delete", "--tenant", bad]).fails_with(&["not an id", "32 lowercase hex digits"]);
     }
     env.get(&t.id, "missing").fails_with(&["no record \"missing\""]);

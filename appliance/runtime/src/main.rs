@@ -29,7 +29,8 @@ fn main() -> ExitCode {
 }
 
 fn tenant_id(s: &str) -> Result<TenantId, Box<dyn std::error::Error + Send + Sync>> {
-    s.parse::<TenantId>().map_err(|e| format!("--tenant: {e}").into())
+    s.parse::<TenantId>()
+        .map_err(|e| format!("--tenant: {e}; tenants are named by id (`bulwark tenant list` shows each one's)").into())
 }
 
 /// The value for `vault put`, read whole from stdin before anything is unsealed. Refused, with nothing
