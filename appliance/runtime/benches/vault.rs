@@ -19,9 +19,10 @@
 //! the lookup and the token check miss the CPU caches; chunks of 250). Each figure is the median of its
 //! 7 rounds. After the last round come 6 more interleaved passes: the first is the vault's second read of
 //! every record (decrypted again, and now kept in its read memo), the other 5 are repeat reads (the memo
-//! answers after comparing the stored bytes). Every get is checked against the value put. A crypto-only
-//! line (seal/open of one 4 KiB record as the vault does it) attributes the difference, and gives the best
-//! first-read ratio possible with this AEAD: the plain store's first read plus one open.
+//! answers after comparing the stored record's head: version, nonce, ciphertext length). Every get is
+//! checked against the value put. A crypto-only line (seal/open of one 4 KiB record as the vault does it)
+//! attributes the difference, and gives the best first-read ratio possible with this AEAD: the plain
+//! store's first read plus one open.
 //!
 //! A third store, the floor, is read in 7 more rounds of reopen + first reads (as attested, chunks of 16,
 //! the three stores back to back per chunk, the order rotated): the same redb tables and commits,

@@ -27,12 +27,13 @@
 //! read once is decrypted, handed out and not kept: a scan (a listing's reader, an export, a command that
 //! reads one record and exits) neither pays for filling the memo nor leaves plaintext behind it, and it
 //! cannot push out the records that are read again and again. A read still looks the record up in the
-//! store, and reuses the plaintext only when the stored record has the same version, nonce, length and
-//! AES-GCM-SIV tag as the one it was decrypted from. A new write (random nonce), a deleted, replaced or
-//! moved record, or a changed tag is seen at once. A stored ciphertext altered in its body only, with
-//! those fields kept, would fail its tag if decrypted; while the record is memoized the read returns the
-//! authentic plaintext instead of that error, and [`Vault::verify`] (which decrypts everything) and every
-//! read after the vault is reopened report it. So the memo never returns anything but the authentic
+//! store, and reuses the plaintext only when the stored record has the same version, nonce and ciphertext
+//! length as the one it was decrypted from; those are its first bytes, and a read the memo answers
+//! touches nothing else of the record. A new write (random nonce), a deleted, replaced or moved record is
+//! seen at once. A stored record altered anywhere else (its ciphertext, its tag, its sealed key), with
+//! those fields kept, would fail to decode or to authenticate if read in full; while the record is
+//! memoized the read returns the authentic plaintext instead of that error, and [`Vault::verify`] (which
+//! decrypts everything) and every read after the vault is reopened report it. So the memo never returns anything but the authentic
 //! plaintext. That plaintext lives in the same process as the data key that decrypts every record, so the
 //! memo exposes nothing that process could not already read. What the vault remembers about a record key
 //! (its OAR target, whether it was read once, its memoized plaintext) sits in one map, so a read finds all
@@ -175,18 +176,32 @@ impl std::fmt::Debug for RecordValue {
     }
 }
 
-/// What identifies one sealed record: its version, nonce, ciphertext length and AES-GCM-SIV tag (the
-/// tag is a PRF of the key, nonce, associated data and plaintext; the nonce is random per write).
-type Sealed = [u8; 8 + 12 + 8 + 16];
+/// What identifies one sealed record: its version, its nonce (random per write) and its ciphertext
+/// length, all three among the first bytes of the stored record (see [`RecordHead`]).
+type Sealed = [u8; 8 + 12 + 8];
 
-fn sealed_id(env: &EnvelopeRef<'_>) -> Option<Sealed> {
-    let tag = env.ciphertext.len().checked_sub(TAG_LEN).map(|at| &env.ciphertext[at..])?;
-    let mut id = [0u8; 44];
-    id[..8].copy_from_slice(&env.version.to_be_bytes());
-    id[8..20].copy_from_slice(&env.nonce);
-    id[20..28].copy_from_slice(&(env.ciphertext.len() as u64).to_be_bytes());
-    id[28..].copy_from_slice(tag);
+/// A sealed record's identity, or `None` if its ciphertext is shorter than its tag (it has no identity
+/// then, and cannot authenticate).
+fn sealed_id(version: u64, nonce: &[u8; 12], ciphertext_len: usize) -> Option<Sealed> {
+    if ciphertext_len < TAG_LEN {
+        return None;
+    }
+    let mut id = [0u8; 28];
+    id[..8].copy_from_slice(&version.to_be_bytes());
+    id[8..20].copy_from_slice(nonce);
+    id[20..].copy_from_slice(&(ciphertext_len as u64).to_be_bytes());
     Some(id)
+}
+
+/// The identity of the stored record `bytes`, read from its head alone: a repeat read that the memo
+/// answers touches no more of the record than that. `None` if the head is malformed or the record is
+/// shorter than its head says (a damaged record is never the one memoized).
+fn head_id(bytes: &[u8]) -> Option<Sealed> {
+    let (head, rest): (RecordHead, &[u8]) = postcard::take_from_bytes(bytes).ok()?;
+    if rest.len() < head.ciphertext_len {
+        return None;
+    }
+    sealed_id(head.version, &head.nonce, head.ciphertext_len)
 }
 
 /// What an open vault remembers about one record key (see the module docs).
@@ -339,6 +354,16 @@ struct RecordEnvelopeRef<'a> {
     body: EnvelopeRef<'a>,
     #[serde(borrow)]
     key: EnvelopeRef<'a>,
+}
+
+/// The first fields of a stored record as [`RecordEnvelope`] writes them: the sealed value's version,
+/// nonce and ciphertext length (postcard writes a byte string's length as a varint, as it writes a
+/// `usize`).
+#[derive(Deserialize)]
+struct RecordHead {
+    version: u64,
+    nonce: [u8; 12],
+    ciphertext_len: usize,
 }
 
 /// A record's listing entry (no plaintext).
@@ -852,7 +877,7 @@ impl Vault {
             records.insert(locator, bytes.as_slice()).map_err(corrupt)?;
             meta.insert(META_DIGEST, digest.as_slice()).map_err(corrupt)?;
             let body = &env.body;
-            sealed = sealed_id(&EnvelopeRef { version, nonce: body.nonce, ciphertext: &body.ciphertext });
+            sealed = sealed_id(version, &body.nonce, body.ciphertext.len());
         }
         self.cache().forget(key);
         tx.commit().map_err(corrupt)?;
@@ -882,18 +907,22 @@ impl Vault {
         let Some(guard) = records.get(locator_str(locator)).map_err(corrupt)? else {
             return Err(self.absent(&tx, key));
         };
+        let stored = guard.value();
+        // The memo answers when the stored record is still the one it was decrypted from; that is read
+        // from the record's head, so the rest of it (the ciphertext's far end, the sealed key) stays
+        // untouched.
+        let stale = match memo {
+            Some(kept) if head_id(stored) == Some(kept.0.sealed) => return Ok(kept),
+            Some(_) => true,
+            None => false,
+        };
         // The stored key is not opened: the value's associated data binds the key asked for.
-        let env = decode_record(guard.value())?.body;
+        let env = decode_record(stored)?.body;
         let refused = || {
             VaultError::Integrity(format!("record {key:?} does not authenticate (altered, moved or another tenant's)"))
         };
         // A ciphertext shorter than its tag has no identity and cannot authenticate.
-        let sealed = sealed_id(&env).ok_or_else(refused)?;
-        let stale = match memo {
-            Some(kept) if kept.0.sealed == sealed => return Ok(kept),
-            Some(_) => true,
-            None => false,
-        };
+        let sealed = sealed_id(env.version, &env.nonce, env.ciphertext.len()).ok_or_else(refused)?;
         let plaintext = self.cipher.open(&aad(AAD_RECORD, &self.tenant, key, env.version), &env).ok_or_else(refused)?;
         let value = RecordValue::new(sealed, plaintext);
         if keep || stale {
@@ -1325,6 +1354,16 @@ mod tests {
         let third = v.t_get(&g, "k7").unwrap();
         assert!(Arc::ptr_eq(&second.0, &third.0));
         assert_eq!(&*third, b"value 7");
+        // The memo's identity, read from a stored record's head, is the one its full decode gives; a
+        // record cut short of what its head says has none.
+        for i in 0..50 {
+            let stored = v.raw(&format!("k{i}"));
+            let body = decode_record(&stored).unwrap().body;
+            assert_eq!(head_id(&stored), sealed_id(body.version, &body.nonce, body.ciphertext.len()));
+            assert!(head_id(&stored).is_some());
+            assert_eq!(head_id(&stored[..stored.len() / 2]), None);
+            assert_eq!(head_id(&stored[..3]), None);
+        }
         // A record that failed to authenticate is neither kept nor counted as read.
         drop(v);
         let v = Vault::open(&p, t, &kek).unwrap();
@@ -1340,7 +1379,7 @@ mod tests {
     fn the_record_cache_stays_within_its_bounds() {
         let mut cache = RecordCache::default();
         let none = || Ok((Target::None, [b'0'; 64]));
-        let mib = |b: u8| RecordValue::new([b; 44], Plaintext::new(vec![b; 1 << 20]));
+        let mib = |b: u8| RecordValue::new([b; 28], Plaintext::new(vec![b; 1 << 20]));
         // The memo budget: 80 records of 1 MiB, kept as if each was written, never hold more than
         // MEMO_BYTES, and eviction leaves the newest record kept.
         for i in 0..80u8 {
@@ -1349,13 +1388,13 @@ mod tests {
             cache.keep(&key, mib(i));
             assert!(cache.memo_bytes <= MEMO_BYTES);
             let kept = cache.recall(&key, true, none).unwrap().memo;
-            assert_eq!(kept.map(|v| (v.0.sealed, v[0])), Some(([i; 44], i)));
+            assert_eq!(kept.map(|v| (v.0.sealed, v[0])), Some(([i; 28], i)));
         }
         let counted: usize = cache.slots.values().filter_map(|s| s.memo.as_ref()).map(memo_size).sum();
         assert_eq!(counted, cache.memo_bytes);
         // A record over an eighth of the budget is never kept.
         cache.recall("huge", false, none).unwrap();
-        cache.keep("huge", RecordValue::new([0; 44], Plaintext::new(vec![0; MEMO_BYTES / 8 + 1])));
+        cache.keep("huge", RecordValue::new([0; 28], Plaintext::new(vec![0; MEMO_BYTES / 8 + 1])));
         assert!(cache.recall("huge", false, none).unwrap().memo.is_none());
         // The key bound: past TARGET_CACHE keys, those holding no plaintext are forgotten first.
         for i in 0..TARGET_CACHE + 10 {
@@ -1364,7 +1403,7 @@ mod tests {
         }
         assert!(cache.slots.contains_key("big79"), "a memoized record outlives the keys that hold nothing");
         // Read once, then twice: kept on the second read; forgotten entirely on a write or delete.
-        let small = RecordValue::new([1; 44], Plaintext::new(b"v".to_vec()));
+        let small = RecordValue::new([1; 28], Plaintext::new(b"v".to_vec()));
         // Only a read keeps, and not a lookup for an OAR target or a write's locator.
         assert!(!cache.recall("r", false, none).unwrap().keep);
         assert!(!cache.recall("r", true, none).unwrap().keep, "a first read is not kept");
@@ -1460,23 +1499,28 @@ mod tests {
         // Restored, it reads again (and is memoized again).
         write_raw("a", &a_bytes);
         assert_eq!(&*v.t_get(&g, "a").unwrap(), b"first");
-        // A flipped tag byte of the value: refused at once.
-        let mut flipped = a_bytes.clone();
+        // A flipped byte of the head (version, nonce, ciphertext length): refused at once.
+        for at in [0, 1, 5, 12, 13] {
+            let mut head = a_bytes.clone();
+            head[at] ^= 1;
+            write_raw("a", &head);
+            assert!(matches!(v.t_get(&g, "a"), Err(VaultError::Integrity(_))), "head byte {at}");
+            write_raw("a", &a_bytes);
+            assert_eq!(&*v.t_get(&g, "a").unwrap(), b"first");
+        }
+        // A flipped byte anywhere else (the ciphertext, its tag, the sealed key), head kept: the memoized
+        // read returns the authentic plaintext, never the altered one, and verify (which decrypts
+        // everything) reports it.
         let (_, after_body): (EnvelopeRef<'_>, &[u8]) = postcard::take_from_bytes(&a_bytes).unwrap();
         let last = a_bytes.len() - after_body.len() - 1;
-        flipped[last] ^= 1;
-        write_raw("a", &flipped);
-        assert!(matches!(v.t_get(&g, "a"), Err(VaultError::Integrity(_))));
-        write_raw("a", &a_bytes);
-        assert_eq!(&*v.t_get(&g, "a").unwrap(), b"first");
-        // A flipped body byte, tag kept: the memoized read returns the authentic plaintext, never the
-        // altered one; verify (which decrypts everything) reports it, and so does a fresh open.
-        let mut body = a_bytes.clone();
-        body[last - 17] ^= 1;
-        write_raw("a", &body);
-        assert_eq!(&*v.t_get(&g, "a").unwrap(), b"first");
-        assert!(v.t_verify(&g).is_err());
-        write_raw("a", &a_bytes);
+        for at in [last - 17, last, a_bytes.len() - 1] {
+            let mut altered = a_bytes.clone();
+            altered[at] ^= 1;
+            write_raw("a", &altered);
+            assert_eq!(&*v.t_get(&g, "a").unwrap(), b"first");
+            assert!(v.t_verify(&g).is_err());
+            write_raw("a", &a_bytes);
+        }
         // A new version and a delete are seen at once.
         v.t_put(&g, "a", b"third").unwrap();
         assert_eq!(&*v.t_get(&g, "a").unwrap(), b"third");
