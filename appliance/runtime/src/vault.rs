@@ -33,11 +33,12 @@
 //! seen at once. A stored record altered anywhere else (its ciphertext, its tag, its sealed key), with
 //! those fields kept, would fail to decode or to authenticate if read in full; while the record is
 //! memoized the read returns the authentic plaintext instead of that error, and [`Vault::verify`] (which
-//! decrypts everything) and every read after the vault is reopened report it. So the memo never returns anything but the authentic
-//! plaintext. That plaintext lives in the same process as the data key that decrypts every record, so the
-//! memo exposes nothing that process could not already read. What the vault remembers about a record key
-//! (its OAR target, whether it was read once, its memoized plaintext) sits in one map, so a read finds all
-//! three with one lookup; at most 65,536 keys, those holding no plaintext forgotten first.
+//! decrypts everything) and every read after the vault is reopened report it. So the memo never returns
+//! anything but the authentic plaintext. That plaintext lives in the same process as the data key that
+//! decrypts every record, so the memo exposes nothing that process could not already read. What the vault
+//! remembers about a record key (its OAR target, whether it was read once, its memoized plaintext) sits in
+//! one map, so a read finds all three with one lookup; at most 65,536 keys, those holding no plaintext
+//! forgotten first.
 //!
 //! Read-only opens ([`Vault::open_read_only`]) never write the file: a read-write redb database marks its
 //! header on open and saves its allocator state on close (three syncs even when nothing was written), and
@@ -186,7 +187,7 @@ fn sealed_id(version: u64, nonce: &[u8; 12], ciphertext_len: usize) -> Option<Se
     if ciphertext_len < TAG_LEN {
         return None;
     }
-    let mut id = [0u8; 28];
+    let mut id: Sealed = [0; 28];
     id[..8].copy_from_slice(&version.to_be_bytes());
     id[8..20].copy_from_slice(nonce);
     id[20..].copy_from_slice(&(ciphertext_len as u64).to_be_bytes());
