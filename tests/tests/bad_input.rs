@@ -70,6 +70,17 @@ fn unknown_and_malformed_tenant_ids_are_refused() {
     let mut c = bulwark();
     c.arg("--data-dir").arg(dir.path()).args(["--tpm", &env.tpm.tcti(), "tenant", "list"]);
     run_cmd(c, None).fails_with(&["not an initialised", "init"]);
+
+    // A file given as the data dir: named as not a directory, by init and by every other command, and
+    // left as it was.
+    let file = dir.path().join("notes.txt");
+    std::fs::write(&file, b"keep me").expect("write");
+    for args in [&["init"][..], &["tenant", "list"][..]] {
+        let mut c = bulwark();
+        c.arg("--data-dir").arg(&file).args(["--tpm", &env.tpm.tcti()]).args(args);
+        run_cmd(c, None).fails_with(&["exists and is not a directory", "--data-dir"]);
+    }
+    assert_eq!(std::fs::read(&file).expect("read"), b"keep me");
 }
 
 #[test]

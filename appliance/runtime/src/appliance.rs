@@ -443,6 +443,8 @@ impl Appliance {
         profile_choice: Option<&str>,
         danger_dev_unbound_executable: bool,
     ) -> Result<(Self, RecoverySecret), ApplianceError> {
+        // A data dir that cannot be one is refused before the TPM is touched.
+        dd.refuse_non_directory()?;
         if dd.is_initialised() {
             if dd.appliance_dir().join(KEY_SEALED).exists() {
                 return Err(DataDirError::AlreadyInitialised(dd.root().to_path_buf()).into());

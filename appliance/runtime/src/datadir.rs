@@ -36,6 +36,9 @@ pub enum DataDirError {
     /// `init` was run already.
     #[error("{0} is already initialised")]
     AlreadyInitialised(PathBuf),
+    /// The data dir's path names something that is not a directory (a file, say).
+    #[error("{0} exists and is not a directory; give --data-dir a directory, or a path that does not exist yet")]
+    NotADirectory(PathBuf),
     /// The config file does not parse.
     #[error("config {path} is invalid")]
     BadConfig {
@@ -138,6 +141,7 @@ impl DataDir {
     /// Creates the data dir owner-only (mode 0700) if it is missing, and takes group and other access away
     /// from one that has it. Returns whether an existing dir had to be tightened.
     pub fn make_private(&self) -> Result<bool, DataDirError> {
+        self.refuse_non_directory()?;
         fs::DirBuilder::new().recursive(true).mode(0o700).create(&self.root).map_err(io_err(&self.root))?;
         let mode = fs::metadata(&self.root).map_err(io_err(&self.root))?.permissions().mode();
         if mode & 0o077 == 0 {
@@ -145,6 +149,14 @@ impl DataDir {
         }
         fs::set_permissions(&self.root, fs::Permissions::from_mode(mode & 0o700)).map_err(io_err(&self.root))?;
         Ok(true)
+    }
+
+    /// [`DataDirError::NotADirectory`] if the data dir's path exists and is not a directory.
+    pub fn refuse_non_directory(&self) -> Result<(), DataDirError> {
+        match fs::metadata(&self.root) {
+            Ok(meta) if !meta.is_dir() => Err(DataDirError::NotADirectory(self.root.clone())),
+            _ => Ok(()),
+        }
     }
 
     /// Whether `init` has run here.
@@ -172,6 +184,7 @@ impl DataDir {
     pub fn load_config(&self) -> Result<(Vec<u8>, ApplianceConfig), DataDirError> {
         let path = self.config_path();
         if !path.exists() {
+            self.refuse_non_directory()?;
             return Err(DataDirError::NotInitialised(self.root.clone()));
         }
         let bytes = fs::read(&path).map_err(io_err(&path))?;
@@ -215,6 +228,18 @@ mod tests {
         assert_eq!(back, cfg);
         assert!(!String::from_utf8(bytes).unwrap().contains("danger"));
         assert!(matches!(dd.initialise(&cfg, b"p"), Err(DataDirError::AlreadyInitialised(_))));
+    }
+
+    #[test]
+    fn a_file_given_as_the_data_dir_is_refused_and_left_alone() {
+        let d = tempfile::tempdir().unwrap();
+        let file = d.path().join("not-a-dir");
+        fs::write(&file, b"keep me").unwrap();
+        let dd = DataDir::new(&file).unwrap();
+        assert!(matches!(dd.load_config(), Err(DataDirError::NotADirectory(_))));
+        assert!(matches!(dd.initialise(&test_config(), b"profile"), Err(DataDirError::NotADirectory(_))));
+        assert!(matches!(dd.make_private(), Err(DataDirError::NotADirectory(_))));
+        assert_eq!(fs::read(&file).unwrap(), b"keep me");
     }
 
     #[test]
