@@ -101,11 +101,8 @@ impl DataDir {
     /// The data dir at `root` (not touched until used). A relative path is made absolute so the
     /// managed swtpm and the lock files agree on it.
     pub fn new(root: &Path) -> Result<Self, DataDirError> {
-        let root = if root.is_absolute() {
-            root.to_path_buf()
-        } else {
-            std::env::current_dir().map_err(io_err(root))?.join(root)
-        };
+        // Absolute (swtpm needs an absolute state dir), without `.` components, symlinks kept.
+        let root = std::path::absolute(root).map_err(io_err(root))?;
         Ok(DataDir { root })
     }
 
@@ -228,6 +225,14 @@ mod tests {
         assert_eq!(back, cfg);
         assert!(!String::from_utf8(bytes).unwrap().contains("danger"));
         assert!(matches!(dd.initialise(&cfg, b"p"), Err(DataDirError::AlreadyInitialised(_))));
+    }
+
+    #[test]
+    fn a_relative_data_dir_is_made_absolute() {
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(DataDir::new(Path::new("./dd")).unwrap().root(), cwd.join("dd"));
+        assert_eq!(DataDir::new(Path::new("dd")).unwrap().root(), cwd.join("dd"));
+        assert_eq!(DataDir::new(Path::new("/var/lib/bulwark")).unwrap().root(), Path::new("/var/lib/bulwark"));
     }
 
     #[test]
