@@ -365,8 +365,14 @@ impl Drop for PrivateSwtpm {
 
 /// Spawns `swtpm socket --tpm2` on the absolute `state_dir` (also its working dir) with the channel
 /// arguments `channels`, usable at once (`not-need-init,startup-clear`), its output discarded.
+///
+/// The child inherits no other descriptor of ours: the TSS opens its TCTI sockets without close-on-exec,
+/// so a swtpm started while another thread held a TPM connection would otherwise keep that socket open
+/// for as long as it runs.
 fn spawn_swtpm(state_dir: &Path, channels: &[&str]) -> Result<Child, SwtpmError> {
-    Command::new("swtpm")
+    use std::os::unix::process::CommandExt;
+    let mut command = Command::new("swtpm");
+    command
         .current_dir(state_dir)
         .args(["socket", "--tpm2", "--tpmstate"])
         .arg(format!("dir={}", state_dir.display()))
@@ -374,9 +380,33 @@ fn spawn_swtpm(state_dir: &Path, channels: &[&str]) -> Result<Child, SwtpmError>
         .args(["--flags", "not-need-init,startup-clear"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::null());
+    // Read before the fork: the hook itself may only make system calls.
+    // SAFETY: sysconf has no preconditions.
+    let open_max = unsafe { libc::sysconf(libc::_SC_OPEN_MAX) };
+    let open_max = libc::c_int::try_from(open_max).unwrap_or(libc::c_int::MAX).max(3);
+    // SAFETY: the hook runs in the forked child before exec and only makes async-signal-safe system
+    // calls (close_range, fcntl) on its own descriptor table; it allocates nothing and touches no lock.
+    unsafe { command.pre_exec(move || close_on_exec_above_stderr(open_max)) };
+    command
         .spawn()
         .map_err(|e| if e.kind() == io::ErrorKind::NotFound { SwtpmError::NotInstalled } else { SwtpmError::Spawn(e) })
+}
+
+/// Marks every descriptor above stderr close-on-exec (in a child between fork and exec), so that exec
+/// closes them; std's own exec-error pipe is close-on-exec already and keeps working until then.
+fn close_on_exec_above_stderr(open_max: libc::c_int) -> io::Result<()> {
+    // SAFETY: close_range only changes the flags of this process' descriptors.
+    let flagged = unsafe { libc::close_range(3, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC as libc::c_int) };
+    if flagged == 0 {
+        return Ok(());
+    }
+    // Kernels before 5.11 have no CLOSE_RANGE_CLOEXEC: one fcntl per possible descriptor instead.
+    for fd in 3..open_max {
+        // SAFETY: fcntl on a descriptor that may not be open fails with EBADF and changes nothing.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+    Ok(())
 }
 
 /// Whether an executable file named `name` is in a directory on `PATH`.
@@ -567,6 +597,26 @@ mod tests {
         drop(tpm);
         drop(sw);
         assert!(!socket.exists());
+    }
+
+    #[test]
+    fn a_swtpm_inherits_no_descriptor_of_ours() {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        let d = tempfile::tempdir().unwrap();
+        // A descriptor without close-on-exec, as the TSS leaves its TCTI sockets.
+        let marker = d.path().join("held-by-the-parent");
+        let file = std::fs::File::create(&marker).unwrap();
+        // SAFETY: dup of an open descriptor; the copy (close-on-exec clear) is owned and closed below.
+        let inheritable = unsafe { OwnedFd::from_raw_fd(libc::dup(file.as_raw_fd())) };
+        // SAFETY: F_GETFD on the descriptor just made.
+        assert_eq!(unsafe { libc::fcntl(inheritable.as_raw_fd(), libc::F_GETFD) } & libc::FD_CLOEXEC, 0);
+        let sw = PrivateSwtpm::start(&d.path().join("state")).unwrap();
+        let held: Vec<PathBuf> = std::fs::read_dir(format!("/proc/{}/fd", sw.pid()))
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .collect();
+        assert!(!held.contains(&marker), "swtpm inherited the parent's descriptor: {held:?}");
+        drop(inheritable);
     }
 
     #[test]
