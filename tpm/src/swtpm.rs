@@ -606,8 +606,11 @@ mod tests {
         // A descriptor without close-on-exec, as the TSS leaves its TCTI sockets.
         let marker = d.path().join("held-by-the-parent");
         let file = std::fs::File::create(&marker).unwrap();
-        // SAFETY: dup of an open descriptor; the copy (close-on-exec clear) is owned and closed below.
-        let inheritable = unsafe { OwnedFd::from_raw_fd(libc::dup(file.as_raw_fd())) };
+        // SAFETY: dup of an open descriptor; it makes a new one, with close-on-exec clear.
+        let copy = unsafe { libc::dup(file.as_raw_fd()) };
+        assert!(copy >= 0, "dup failed");
+        // SAFETY: `copy` is open and nothing else owns it; it is closed when this is dropped, below.
+        let inheritable = unsafe { OwnedFd::from_raw_fd(copy) };
         // SAFETY: F_GETFD on the descriptor just made.
         assert_eq!(unsafe { libc::fcntl(inheritable.as_raw_fd(), libc::F_GETFD) } & libc::FD_CLOEXEC, 0);
         let sw = PrivateSwtpm::start(&d.path().join("state")).unwrap();
