@@ -62,6 +62,7 @@ use aes_gcm_siv::{Aes256GcmSiv, Nonce};
 use aws_lc_rs::aead::{AES_256_GCM_SIV, Aad, LessSafeKey, UnboundKey};
 use bulwark_ledger::oar::{Commitment, Digest, OpKind, Target};
 use bulwark_ledger::{Attested, LedgerScope};
+use compact_str::CompactString;
 use hmac::{Hmac, Mac};
 use rand::RngCore;
 use redb::{
@@ -205,12 +206,13 @@ fn head_id(bytes: &[u8]) -> Option<Sealed> {
     sealed_id(head.version, &head.nonce, head.ciphertext_len)
 }
 
-/// What an open vault remembers about one record key (see the module docs).
+/// What an open vault remembers about one record key (see the module docs). Kept small (with the key
+/// itself held inline when it is short) so that a lookup that misses the CPU caches touches few lines.
 struct Slot {
-    /// The key's OAR target (see [`Vault::key_target`]).
-    target: Target,
-    /// Where its record is stored (see [`Locator`]).
-    locator: Locator,
+    /// The key's OAR target, `Target::Object(Digest::Salted(commitment))` (see [`Vault::key_target`]).
+    commitment: Commitment,
+    /// Where its record is stored, as raw bytes (see [`Locator`]).
+    locator: [u8; 32],
     /// The record was decrypted once since the vault opened (or since its last write) and not kept.
     read_once: bool,
     /// After a second read or a write: the record's plaintext, with the identity of its sealed bytes.
@@ -222,7 +224,9 @@ struct Slot {
 /// [`TARGET_CACHE`] keys and [`MEMO_BYTES`] of memoized records.
 #[derive(Default)]
 struct RecordCache {
-    slots: HashMap<String, Slot>,
+    /// Keyed by the record key, held inline up to 24 bytes; hashed with a randomly keyed hash, so keys
+    /// chosen to collide cannot be predicted.
+    slots: HashMap<CompactString, Slot, ahash::RandomState>,
     /// Sealed identities plus plaintexts held in `slots`.
     memo_bytes: usize,
 }
@@ -237,13 +241,13 @@ impl RecordCache {
         &mut self,
         key: &str,
         read: bool,
-        compute: impl FnOnce() -> Result<(Target, Locator), VaultError>,
+        compute: impl FnOnce() -> Result<(Commitment, [u8; 32]), VaultError>,
     ) -> Result<Recalled, VaultError> {
         if let Some(slot) = self.slots.get_mut(key) {
             let keep = read && slot.memo.is_none() && std::mem::replace(&mut slot.read_once, true);
-            return Ok(Recalled { target: slot.target, locator: slot.locator, memo: slot.memo.clone(), keep });
+            return Ok(Recalled::new(slot.commitment, &slot.locator, slot.memo.clone(), keep));
         }
-        let (target, locator) = compute()?;
+        let (commitment, locator) = compute()?;
         if self.slots.len() >= TARGET_CACHE {
             // Full: forget the keys that hold no plaintext; if the memo itself holds most of them, forget
             // everything (so each clearing is paid for by many insertions).
@@ -253,8 +257,8 @@ impl RecordCache {
                 self.memo_bytes = 0;
             }
         }
-        self.slots.insert(key.to_string(), Slot { target, locator, read_once: read, memo: None });
-        Ok(Recalled { target, locator, memo: None, keep: false })
+        self.slots.insert(CompactString::from(key), Slot { commitment, locator, read_once: read, memo: None });
+        Ok(Recalled::new(commitment, &locator, None, false))
     }
 
     /// Memoizes `value` (a record just written, or read a second time), within [`MEMO_BYTES`].
@@ -309,12 +313,21 @@ struct Recalled {
     keep: bool,
 }
 
+impl Recalled {
+    fn new(commitment: Commitment, locator: &[u8; 32], memo: Option<RecordValue>, keep: bool) -> Self {
+        let mut hexed = [0u8; 64];
+        // 32 bytes always fit 64 hex digits.
+        let _ = hex::encode_to_slice(locator, &mut hexed);
+        Recalled { target: Target::Object(Digest::Salted(commitment)), locator: hexed, memo, keep }
+    }
+}
+
 /// The name a record is stored under: HMAC-SHA-256 of its key under a key derived from the DEK, as 64
 /// lowercase hex digits (ASCII), so the store never holds a record key in the clear.
 type Locator = [u8; 64];
 
 fn locator_str(locator: &Locator) -> &str {
-    // Hex digits are ASCII; a locator is only ever made by `locator_of`.
+    // Hex digits are ASCII; a locator is only ever made by `Recalled::new`.
     std::str::from_utf8(locator).unwrap_or_default()
 }
 
@@ -824,16 +837,9 @@ impl Vault {
             let salt = entry_mac(&self.mac_key, "oar-salt", key, &[]);
             let (c, _opening) = Commitment::with_salt("vault/key", salt, key.as_bytes())
                 .map_err(|e| VaultError::Integrity(format!("cannot commit to the record key: {e}")))?;
-            Ok((Target::Object(Digest::Salted(c)), self.locator_of(key)))
+            // The locator's label keeps it independent of the OAR salt derived from the same key.
+            Ok((c, entry_mac(&self.mac_key, "record-locator", key, &[])))
         })
-    }
-
-    /// `key`'s [`Locator`]. The label keeps it independent of the OAR salt derived from the same key.
-    fn locator_of(&self, key: &str) -> Locator {
-        let mut out = [0u8; 64];
-        // 32 bytes always fit 64 hex digits.
-        let _ = hex::encode_to_slice(entry_mac(&self.mac_key, "record-locator", key, &[]), &mut out);
-        out
     }
 
     fn check(&self, attested: &Attested, op: OpKind, target: &Target) -> Result<(), VaultError> {
@@ -1379,7 +1385,7 @@ mod tests {
     #[test]
     fn the_record_cache_stays_within_its_bounds() {
         let mut cache = RecordCache::default();
-        let none = || Ok((Target::None, [b'0'; 64]));
+        let none = || Ok((Commitment(bulwark_ledger::Hash([0; 32])), [0; 32]));
         let mib = |b: u8| RecordValue::new([b; 28], Plaintext::new(vec![b; 1 << 20]));
         // The memo budget: 80 records of 1 MiB, kept as if each was written, never hold more than
         // MEMO_BYTES, and eviction leaves the newest record kept.
