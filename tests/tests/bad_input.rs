@@ -306,3 +306,28 @@ fn development_mode_is_refused_with_a_device_profile() {
     assert!(!env.data_dir().join("appliance.toml").exists(), "a refused init wrote the config");
     env.init();
 }
+
+#[test]
+fn an_unreadable_recovery_secret_is_named_and_changes_nothing() {
+    let env = Env::new();
+    env.init();
+    let t = env.create_tenant("legal");
+    env.put(&t.id, "k", b"kept");
+    let before = snapshot(&env.data_dir().join("tenants"));
+    let missing = env.scratch().join("no-such-secret");
+    let not_text = env.scratch().join("not-text");
+    std::fs::write(&not_text, [0xff, 0xfe, 0x00, 0x80]).expect("write");
+    let dir = env.scratch().to_str().expect("utf-8").to_string();
+    for (file, needles) in [
+        (missing.to_str().expect("utf-8"), ["cannot read the recovery secret from", "no-such-secret"]),
+        (dir.as_str(), ["cannot read the recovery secret from", dir.as_str()]),
+        (not_text.to_str().expect("utf-8"), ["the recovery secret in", "is not text"]),
+    ] {
+        env.run(&["tenant", "reseal", "--tenant", &t.id, "--recovery-secret-file", file]).fails_with(&needles);
+        env.run(&["appliance", "reseal", "--recovery-secret-file", file]).fails_with(&needles);
+    }
+    assert_eq!(snapshot(&env.data_dir().join("tenants")), before);
+    // The right secret on stdin (`-`) reseals; the record reads back.
+    env.run_stdin(&["tenant", "reseal", "--tenant", &t.id, "--recovery-secret-file", "-"], t.recovery.as_bytes()).ok();
+    env.assert_get(&t.id, "k", b"kept");
+}

@@ -1,6 +1,9 @@
 //! `bulwark`: the appliance's command-line entry point.
 
+use std::fs::File;
 use std::io::{IsTerminal, Read, Write};
+use std::os::fd::AsFd;
+use std::path::Path;
 use std::process::ExitCode;
 
 use bulwark_appliance::appliance::{Appliance, RecoverySecret};
@@ -44,9 +47,12 @@ fn read_stdin_value(allow_empty: bool) -> Result<Zeroizing<Vec<u8>>, Box<dyn std
                     (e.g. `printf secret | bulwark vault put --tenant ID KEY`); nothing was stored"
             .into());
     }
-    let mut buf = Zeroizing::new(Vec::new());
+    // Room for the largest value read, so the buffer never moves and leaves no unwiped copy behind.
+    let mut buf = Zeroizing::new(Vec::with_capacity(MAX_VALUE_LEN + 1));
     let limit = u64::try_from(MAX_VALUE_LEN).unwrap_or(u64::MAX).saturating_add(1);
-    stdin.lock().take(limit).read_to_end(&mut buf)?;
+    stdin_unbuffered()
+        .and_then(|f| f.take(limit).read_to_end(&mut buf))
+        .map_err(|e| format!("cannot read the value from stdin: {e}; nothing was stored"))?;
     if buf.len() > MAX_VALUE_LEN {
         return Err(format!("value on stdin is over the {MAX_VALUE_LEN}-byte limit; nothing was stored").into());
     }
@@ -56,14 +62,22 @@ fn read_stdin_value(allow_empty: bool) -> Result<Zeroizing<Vec<u8>>, Box<dyn std
     Ok(buf)
 }
 
-fn read_recovery(path: &std::path::Path) -> Result<RecoverySecret, Box<dyn std::error::Error + Send + Sync>> {
-    let mut text = Zeroizing::new(String::new());
-    if path.as_os_str() == "-" {
-        std::io::stdin().lock().take(4096).read_to_string(&mut text)?;
-    } else {
-        std::fs::File::open(path)?.take(4096).read_to_string(&mut text)?;
-    }
-    Ok(RecoverySecret::parse(&text)?)
+/// Standard input as a plain file (a duplicate of descriptor 0): read this way, none of it passes through
+/// the process-wide buffer of `std::io::stdin()`, which is never wiped.
+fn stdin_unbuffered() -> std::io::Result<File> {
+    Ok(File::from(std::io::stdin().as_fd().try_clone_to_owned()?))
+}
+
+/// The recovery secret in `path` (`-`: stdin), read into a buffer that is wiped and never moves.
+fn read_recovery(path: &Path) -> Result<RecoverySecret, Box<dyn std::error::Error + Send + Sync>> {
+    const MAX: usize = 4096;
+    let from = if path.as_os_str() == "-" { "stdin".to_string() } else { path.display().to_string() };
+    let mut bytes = Zeroizing::new(Vec::with_capacity(MAX + 1));
+    let file = if path.as_os_str() == "-" { stdin_unbuffered() } else { File::open(path) };
+    file.and_then(|f| f.take(MAX as u64).read_to_end(&mut bytes))
+        .map_err(|e| format!("cannot read the recovery secret from {from}: {e}"))?;
+    let text = std::str::from_utf8(&bytes).map_err(|_| format!("the recovery secret in {from} is not text"))?;
+    Ok(RecoverySecret::parse(text)?)
 }
 
 fn run(cli: Cli) -> Fallible {
