@@ -331,3 +331,34 @@ fn an_unreadable_recovery_secret_is_named_and_changes_nothing() {
     env.run_stdin(&["tenant", "reseal", "--tenant", &t.id, "--recovery-secret-file", "-"], t.recovery.as_bytes()).ok();
     env.assert_get(&t.id, "k", b"kept");
 }
+
+#[test]
+fn a_recovery_secret_that_stdout_cannot_take_is_reported_lost_with_what_to_do() {
+    let env = Env::new();
+    env.init();
+    let full = || std::fs::OpenOptions::new().write(true).open("/dev/full").expect("/dev/full");
+    let mut c = env.cmd(&["tenant", "create", "legal"]);
+    let out = c.stdin(std::process::Stdio::null()).stdout(full()).output().expect("run bulwark");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    for needle in ["recovery secret could not be written to stdout", "is lost", "tenant legal (", "was created"] {
+        assert!(stderr.contains(needle), "{needle:?} not in {stderr:?}");
+    }
+    // The tenant it names is there, and deleting it as the message says frees the name.
+    let listed = env.run(&["tenant", "list", "--json"]).ok().json();
+    let id = listed["tenants"][0]["id"].as_str().expect("one tenant").to_string();
+    assert!(stderr.contains(&format!("bulwark tenant delete --tenant {id}")), "{stderr}");
+    env.run(&["tenant", "delete", "--tenant", &id]).ok();
+    env.create_tenant("legal");
+    // The same for init: the data dir it names is initialised.
+    let other = tempfile::tempdir().expect("tempdir");
+    let tpm = TestTpm::start();
+    let mut c = bulwark();
+    c.arg("--data-dir").arg(other.path().join("data")).args(["--tpm", &tpm.tcti(), "init"]);
+    let out = c.stdin(std::process::Stdio::null()).stdout(full()).output().expect("run bulwark");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    for needle in ["is lost", "was initialised", "cannot be resealed", "run `bulwark init` again"] {
+        assert!(stderr.contains(needle), "{needle:?} not in {stderr:?}");
+    }
+}

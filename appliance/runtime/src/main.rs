@@ -68,6 +68,29 @@ fn stdin_unbuffered() -> std::io::Result<File> {
     Ok(File::from(std::io::stdin().as_fd().try_clone_to_owned()?))
 }
 
+/// Standard output as a plain file (a duplicate of descriptor 1), for bytes that must not stay behind in
+/// std's process-wide stdout buffer, which is never wiped: a record's plaintext, a recovery secret.
+fn stdout_unbuffered() -> std::io::Result<File> {
+    std::io::stdout().flush()?;
+    Ok(File::from(std::io::stdout().as_fd().try_clone_to_owned()?))
+}
+
+/// Most bytes of output that holds a recovery secret (a few lines, or one JSON object with a path in it).
+const SECRET_OUTPUT_MAX: usize = 64 << 10;
+
+/// Prints what `render` writes, which holds a recovery secret that was just made and is shown only now:
+/// built in a zeroizing buffer with room enough that it never moves (no unwiped copy is left behind),
+/// then written straight to descriptor 1. If stdout cannot take it, the error says what was made and
+/// `lost`: what to do now that the secret is gone.
+fn print_secret(lost: &str, render: impl FnOnce(&mut Vec<u8>) -> std::io::Result<()>) -> Fallible {
+    let mut buf = Zeroizing::new(Vec::with_capacity(SECRET_OUTPUT_MAX));
+    render(&mut buf)
+        .and_then(|()| stdout_unbuffered())
+        .and_then(|mut out| out.write_all(&buf))
+        .map_err(|e| format!("the recovery secret could not be written to stdout ({e}) and is lost: {lost}"))?;
+    Ok(())
+}
+
 /// The recovery secret in `path` (`-`: stdin), read into a buffer that is wiped and never moves.
 fn read_recovery(path: &Path) -> Result<RecoverySecret, Box<dyn std::error::Error + Send + Sync>> {
     const MAX: usize = 4096;
@@ -109,29 +132,50 @@ fn run(cli: Cli) -> Fallible {
             let (app, recovery) =
                 Appliance::init(dd, &cli.tpm, args.profile.as_deref(), args.danger_dev_unbound_executable)?;
             let secret = recovery.expose_text();
-            if json {
-                println!(
-                    "{}",
-                    json!({
-                        "data_dir": app.data_dir().root(),
-                        "profile": app.profile().id(),
-                        "tpm": app.tcti().to_string(),
-                        "runtime_pcr": app.measured().pcr,
-                        "runtime_pcr_value": hex::encode(&app.measured().value),
-                        "appliance_recovery_secret": secret.as_str(),
-                    })
-                );
-            } else {
-                println!(
-                    "initialised {} (profile {}, runtime PCR {} = {})",
-                    app.data_dir().root().display(),
-                    app.profile().id(),
-                    app.measured().pcr,
-                    hex::encode(&app.measured().value)
-                );
-                println!("appliance key recovery secret (shown once, store it offline): {}", secret.as_str());
+            // The secret is borrowed into the output, never copied into a JSON value.
+            #[derive(serde::Serialize)]
+            struct Initialised<'a> {
+                data_dir: &'a Path,
+                profile: &'a str,
+                tpm: String,
+                runtime_pcr: u8,
+                runtime_pcr_value: String,
+                appliance_recovery_secret: &'a str,
             }
-            Ok(())
+            let out = Initialised {
+                data_dir: app.data_dir().root(),
+                profile: app.profile().id(),
+                tpm: app.tcti().to_string(),
+                runtime_pcr: app.measured().pcr,
+                runtime_pcr_value: hex::encode(&app.measured().value),
+                appliance_recovery_secret: secret.as_str(),
+            };
+            let lost = format!(
+                "{} was initialised, but without this secret its appliance key cannot be resealed after a \
+                 legitimate change of measured state; to start over, remove the data dir (on a TPM device, also \
+                 clear the TPM from the firmware setup) and run `bulwark init` again with a working stdout",
+                out.data_dir.display()
+            );
+            print_secret(&lost, |buf| {
+                if json {
+                    serde_json::to_writer(&mut *buf, &out)?;
+                    writeln!(buf)
+                } else {
+                    writeln!(
+                        buf,
+                        "initialised {} (profile {}, runtime PCR {} = {})",
+                        out.data_dir.display(),
+                        out.profile,
+                        out.runtime_pcr,
+                        out.runtime_pcr_value
+                    )?;
+                    writeln!(
+                        buf,
+                        "appliance key recovery secret (shown once, store it offline): {}",
+                        out.appliance_recovery_secret
+                    )
+                }
+            })
         }
         Command::Ledger(LedgerCmd::Export { sel, out }) => {
             let mut app = Appliance::open(DataDir::new(&cli.data_dir)?, &cli.tpm)?;
@@ -184,21 +228,36 @@ fn tenant_cmd(app: &mut Appliance, cmd: TenantCmd, json: bool) -> Fallible {
             let created = app.create_tenant(&name)?;
             let r = &created.record;
             let secret = created.recovery.expose_text();
-            if json {
-                println!(
-                    "{}",
-                    json!({
-                        "id": r.id.to_string(),
-                        "name": r.name,
-                        "created_unix": r.created_unix,
-                        "liveness_slot": r.slot.0,
-                        "recovery_secret": secret.as_str(),
-                    })
-                );
-            } else {
-                println!("created tenant {} ({})", r.name, r.id);
-                println!("recovery secret (shown once, store it offline): {}", secret.as_str());
+            // The secret is borrowed into the output, never copied into a JSON value.
+            #[derive(serde::Serialize)]
+            struct Created<'a> {
+                id: String,
+                name: &'a str,
+                created_unix: u64,
+                liveness_slot: u64,
+                recovery_secret: &'a str,
             }
+            let out = Created {
+                id: r.id.to_string(),
+                name: &r.name,
+                created_unix: r.created_unix,
+                liveness_slot: r.slot.0,
+                recovery_secret: secret.as_str(),
+            };
+            let lost = format!(
+                "tenant {} ({}) was created; to get a recovery secret for it, delete it (`bulwark tenant delete \
+                 --tenant {}`) and create it again with a working stdout",
+                out.name, out.id, out.id
+            );
+            print_secret(&lost, |buf| {
+                if json {
+                    serde_json::to_writer(&mut *buf, &out)?;
+                    writeln!(buf)
+                } else {
+                    writeln!(buf, "created tenant {} ({})", out.name, out.id)?;
+                    writeln!(buf, "recovery secret (shown once, store it offline): {}", out.recovery_secret)
+                }
+            })?;
             eprintln!("note: the recovery secret is shown only now; store it offline");
             Ok(())
         }
@@ -264,9 +323,10 @@ fn vault_cmd(app: &mut Appliance, cmd: VaultCmd, json: bool) -> Fallible {
             let id = tenant_id(&sel.tenant)?;
             let t = app.unlock_read_only(id)?;
             let (value, _receipt) = t.get(&key)?;
-            let mut out = std::io::stdout().lock();
-            out.write_all(&value)?;
-            out.flush()?;
+            // Straight to descriptor 1: no copy of the plaintext stays in std's stdout buffer.
+            stdout_unbuffered()
+                .and_then(|mut out| out.write_all(&value))
+                .map_err(|e| format!("cannot write the value to stdout: {e}"))?;
             Ok(())
         }
         VaultCmd::List { sel } => {
