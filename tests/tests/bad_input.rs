@@ -362,3 +362,45 @@ fn a_recovery_secret_that_stdout_cannot_take_is_reported_lost_with_what_to_do() 
         assert!(stderr.contains(needle), "{needle:?} not in {stderr:?}");
     }
 }
+
+#[test]
+fn a_data_dir_this_user_cannot_use_is_named_before_the_tpm_is_touched() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let env = Env::new();
+    env.init();
+    let t = env.create_tenant("legal");
+    env.put(&t.id, "k", b"kept");
+    let data = env.data_dir();
+    let before = snapshot(&data);
+    // As root, run bulwark as an unprivileged user (from a copy of the binary that user may run); as
+    // anyone else, take our own access to the data dir away for the length of the runs.
+    let root = std::fs::metadata("/proc/self").expect("/proc/self").uid() == 0;
+    let bin_dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(bin_dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let bin = bin_dir.path().join("bulwark");
+    std::fs::copy(bulwark_tests::bulwark_bin(), &bin).expect("copy bulwark");
+    let mode = std::fs::metadata(&data).expect("data dir").permissions().mode();
+    if !root {
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o000)).expect("chmod");
+    }
+    let as_other = |args: &[&str]| {
+        let mut c = if root {
+            let mut c = std::process::Command::new("setpriv");
+            c.args(["--reuid=65534", "--regid=65534", "--clear-groups"]).arg(&bin);
+            c
+        } else {
+            std::process::Command::new(&bin)
+        };
+        c.env("TSS2_LOG", "all+NONE").arg("--data-dir").arg(&data).args(["--tpm", &env.tpm.tcti()]).args(args);
+        run_cmd(c, None)
+    };
+    let needles = ["cannot use the data dir", "run bulwark as the user that owns it", "Permission denied"];
+    as_other(&["tenant", "list"]).fails_with(&needles);
+    as_other(&["vault", "get", "--tenant", &t.id, "k"]).fails_with(&needles);
+    as_other(&["init"]).fails_with(&needles);
+    if !root {
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(mode)).expect("chmod back");
+    }
+    assert_eq!(snapshot(&data), before);
+    env.assert_get(&t.id, "k", b"kept");
+}

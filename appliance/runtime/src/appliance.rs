@@ -443,9 +443,8 @@ impl Appliance {
         profile_choice: Option<&str>,
         danger_dev_unbound_executable: bool,
     ) -> Result<(Self, RecoverySecret), ApplianceError> {
-        // A data dir that cannot be one is refused before the TPM is touched.
-        dd.refuse_non_directory()?;
-        if dd.is_initialised() {
+        // A data dir that cannot be one, or that this user cannot use, is refused before the TPM is touched.
+        if dd.is_initialised()? {
             if dd.appliance_dir().join(KEY_SEALED).exists() {
                 return Err(DataDirError::AlreadyInitialised(dd.root().to_path_buf()).into());
             }
@@ -730,7 +729,7 @@ impl Appliance {
     /// Opens a provisioned appliance: loads config and profile, opens the TPM and runs the runtime
     /// measurement stage (first run in a TPM boot cycle measures, later runs verify).
     pub fn open(dd: DataDir, tpm_choice: &str) -> Result<Self, ApplianceError> {
-        if dd.is_initialised() && !dd.appliance_dir().join(KEY_SEALED).exists() {
+        if dd.is_initialised()? && !dd.appliance_dir().join(KEY_SEALED).exists() {
             return Err(ApplianceError::Unfinished(dd.root().to_path_buf()));
         }
         Self::open_unchecked(dd, tpm_choice)

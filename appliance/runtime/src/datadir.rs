@@ -39,6 +39,17 @@ pub enum DataDirError {
     /// The data dir's path names something that is not a directory (a file, say).
     #[error("{0} exists and is not a directory; give --data-dir a directory, or a path that does not exist yet")]
     NotADirectory(PathBuf),
+    /// The data dir exists but this user cannot reach into it (another user's, usually root's).
+    #[error(
+        "cannot use the data dir {path}: run bulwark as the user that owns it (the appliance runs as root), or \
+         give --data-dir a directory this user may use"
+    )]
+    Inaccessible {
+        /// The data dir.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The config file does not parse.
     #[error("config {path} is invalid")]
     BadConfig {
@@ -138,7 +149,8 @@ impl DataDir {
     /// Creates the data dir owner-only (mode 0700) if it is missing, and takes group and other access away
     /// from one that has it. Returns whether an existing dir had to be tightened.
     pub fn make_private(&self) -> Result<bool, DataDirError> {
-        self.refuse_non_directory()?;
+        // Refuses a path that is not a directory, or one this user cannot use.
+        self.is_initialised()?;
         fs::DirBuilder::new().recursive(true).mode(0o700).create(&self.root).map_err(io_err(&self.root))?;
         let mode = fs::metadata(&self.root).map_err(io_err(&self.root))?.permissions().mode();
         if mode & 0o077 == 0 {
@@ -148,22 +160,24 @@ impl DataDir {
         Ok(true)
     }
 
-    /// [`DataDirError::NotADirectory`] if the data dir's path exists and is not a directory.
-    pub fn refuse_non_directory(&self) -> Result<(), DataDirError> {
+    /// Whether `init` has run here. Refused, before anything (the TPM included) is touched for this data
+    /// dir: [`DataDirError::NotADirectory`] if its path names something else, [`DataDirError::Inaccessible`]
+    /// if this user cannot reach into it. A path that does not exist yet is a data dir to be made.
+    pub fn is_initialised(&self) -> Result<bool, DataDirError> {
+        let inaccessible = |source| DataDirError::Inaccessible { path: self.root.clone(), source };
         match fs::metadata(&self.root) {
-            Ok(meta) if !meta.is_dir() => Err(DataDirError::NotADirectory(self.root.clone())),
-            _ => Ok(()),
+            Ok(meta) if !meta.is_dir() => return Err(DataDirError::NotADirectory(self.root.clone())),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(inaccessible(e)),
         }
-    }
-
-    /// Whether `init` has run here.
-    pub fn is_initialised(&self) -> bool {
-        self.config_path().exists()
+        fs::read_dir(&self.root).map_err(inaccessible)?;
+        self.config_path().try_exists().map_err(inaccessible)
     }
 
     /// Writes the config and profile of a new appliance. Fails if one exists already.
     pub fn initialise(&self, config: &ApplianceConfig, profile_bytes: &[u8]) -> Result<(), DataDirError> {
-        if self.is_initialised() {
+        if self.is_initialised()? {
             return Err(DataDirError::AlreadyInitialised(self.root.clone()));
         }
         self.make_private()?;
@@ -180,8 +194,7 @@ impl DataDir {
     /// Reads the config's exact bytes and its parsed form.
     pub fn load_config(&self) -> Result<(Vec<u8>, ApplianceConfig), DataDirError> {
         let path = self.config_path();
-        if !path.exists() {
-            self.refuse_non_directory()?;
+        if !self.is_initialised()? {
             return Err(DataDirError::NotInitialised(self.root.clone()));
         }
         let bytes = fs::read(&path).map_err(io_err(&path))?;
