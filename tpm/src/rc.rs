@@ -35,6 +35,7 @@ pub(crate) mod codes {
     pub const POLICY_FAIL: u32 = 0x09D;
     pub const POLICY: u32 = 0x126;
     pub const PCR_CHANGED: u32 = 0x128;
+    pub const FAILURE: u32 = 0x101;
     pub const NV_UNINITIALIZED: u32 = 0x14A;
     pub const SENSITIVE: u32 = 0x155;
 }

@@ -139,6 +139,25 @@ impl TctiSpec {
             ),
         }
     }
+
+    /// What usually puts this kind of TPM into failure mode, and what to do (for [`TpmError::FailureMode`]).
+    ///
+    /// [`TpmError::FailureMode`]: crate::TpmError::FailureMode
+    pub(crate) fn failure_hint(&self) -> String {
+        match self {
+            TctiSpec::Device { .. } => "a TPM device leaves failure mode only when the machine is restarted; if it \
+                 comes back, the TPM's firmware reports a fault (see the vendor's tools)"
+                .to_string(),
+            TctiSpec::Swtpm { .. } => "a swtpm enters it when it cannot write its state, for example on a full disk: \
+                 free space where its --tpmstate dir is, then restart it"
+                .to_string(),
+            TctiSpec::SwtpmSocket { dir } => format!(
+                "the swtpm that bulwark started enters it when it cannot write its state in {}, for example on a \
+                 full disk: free space there and run the command again (it is started anew)",
+                dir.display()
+            ),
+        }
+    }
 }
 
 fn valid_host(h: &str) -> bool {

@@ -57,6 +57,16 @@ pub enum TpmError {
         /// Its response code.
         rc: TpmRc,
     },
+    /// The TPM is in failure mode (TPM_RC_FAILURE): it answers nothing but that until it is reset.
+    #[error("{cmd} failed: the TPM is in failure mode ({rc}); {hint}")]
+    FailureMode {
+        /// The TPM command that met it.
+        cmd: &'static str,
+        /// Its response code.
+        rc: TpmRc,
+        /// What usually causes it for this kind of TPM, and what to do.
+        hint: String,
+    },
     /// The cross-process lock file could not be opened or locked.
     #[error("cannot lock {}", path.display())]
     Lock {
@@ -535,6 +545,8 @@ fn is_liveness_handle(h: u32) -> bool {
 pub(crate) fn esys_error(spec: &TctiSpec, e: EsysError) -> TpmError {
     if e.rc.is_transport() {
         TpmError::Unreachable { spec: spec.to_string(), rc: e.rc, hint: spec.start_hint() }
+    } else if e.rc.is_from_tpm() && e.rc.base() == crate::rc::codes::FAILURE {
+        TpmError::FailureMode { cmd: e.cmd, rc: e.rc, hint: spec.failure_hint() }
     } else {
         TpmError::Command { cmd: e.cmd, rc: e.rc }
     }
@@ -1039,6 +1051,22 @@ mod tests {
     fn tpm_is_send_and_sync() {
         fn check<T: Send + Sync>() {}
         check::<Tpm>();
+    }
+
+    #[test]
+    fn a_tpm_in_failure_mode_is_named_with_what_to_do_for_its_kind() {
+        let failure = || EsysError { cmd: "TPM2_ReadClock", rc: TpmRc(0x101) };
+        let managed = TctiSpec::SwtpmSocket { dir: "/var/lib/bulwark/swtpm".into() };
+        let e = esys_error(&managed, failure());
+        assert!(matches!(e, TpmError::FailureMode { .. }), "{e:?}");
+        let shown = e.to_string();
+        assert!(shown.contains("TPM2_ReadClock failed: the TPM is in failure mode (TPM_RC_FAILURE"), "{shown}");
+        assert!(shown.contains("/var/lib/bulwark/swtpm") && shown.contains("full disk"), "{shown}");
+        let device = TctiSpec::Device { path: "/dev/tpmrm0".into() };
+        assert!(esys_error(&device, failure()).to_string().contains("restarted"));
+        // Any other TPM code stays a plain command failure.
+        let other = esys_error(&managed, EsysError { cmd: "TPM2_Load", rc: TpmRc(0x084) });
+        assert!(matches!(other, TpmError::Command { .. }), "{other:?}");
     }
 
     #[test]
