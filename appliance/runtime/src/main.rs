@@ -1,7 +1,7 @@
 //! `bulwark`: the appliance's command-line entry point.
 
 use std::fs::File;
-use std::io::{IsTerminal, Read, Write};
+use std::io::{IsTerminal, Write};
 use std::os::fd::AsFd;
 use std::path::Path;
 use std::process::ExitCode;
@@ -10,6 +10,7 @@ use bulwark_appliance::appliance::{Appliance, RecoverySecret};
 use bulwark_appliance::cli::{ApplianceCmd, BootCmd, Cli, Command, LedgerCmd, TenantCmd, TpmCmd, VaultCmd};
 use bulwark_appliance::datadir::DataDir;
 use bulwark_appliance::ids::TenantId;
+use bulwark_appliance::secret::Plaintext;
 use bulwark_appliance::vault::MAX_VALUE_LEN;
 use bulwark_appliance::{demo, report};
 use clap::Parser;
@@ -40,18 +41,16 @@ fn tenant_id(s: &str) -> Result<TenantId, Box<dyn std::error::Error + Send + Syn
 /// stored: a terminal on stdin (the value must be piped in), an empty stdin unless `allow_empty` (an
 /// upstream command that failed would otherwise replace the record with nothing), and a value over the
 /// limit.
-fn read_stdin_value(allow_empty: bool) -> Result<Zeroizing<Vec<u8>>, Box<dyn std::error::Error + Send + Sync>> {
+fn read_stdin_value(allow_empty: bool) -> Result<Plaintext, Box<dyn std::error::Error + Send + Sync>> {
     let stdin = std::io::stdin();
     if stdin.is_terminal() {
         return Err("`vault put` reads the value from stdin: pipe or redirect it in \
                     (e.g. `printf secret | bulwark vault put --tenant ID KEY`); nothing was stored"
             .into());
     }
-    // Room for the largest value read, so the buffer never moves and leaves no unwiped copy behind.
-    let mut buf = Zeroizing::new(Vec::with_capacity(MAX_VALUE_LEN + 1));
-    let limit = u64::try_from(MAX_VALUE_LEN).unwrap_or(u64::MAX).saturating_add(1);
-    stdin_unbuffered()
-        .and_then(|f| f.take(limit).read_to_end(&mut buf))
+    // One byte over the limit tells a value that is too large.
+    let buf = stdin_unbuffered()
+        .and_then(|f| Plaintext::read_from(f, MAX_VALUE_LEN + 1))
         .map_err(|e| format!("cannot read the value from stdin: {e}; nothing was stored"))?;
     if buf.len() > MAX_VALUE_LEN {
         return Err(format!("value on stdin is over the {MAX_VALUE_LEN}-byte limit; nothing was stored").into());
@@ -93,11 +92,10 @@ fn print_secret(lost: &str, render: impl FnOnce(&mut Vec<u8>) -> std::io::Result
 
 /// The recovery secret in `path` (`-`: stdin), read into a buffer that is wiped and never moves.
 fn read_recovery(path: &Path) -> Result<RecoverySecret, Box<dyn std::error::Error + Send + Sync>> {
-    const MAX: usize = 4096;
     let from = if path.as_os_str() == "-" { "stdin".to_string() } else { path.display().to_string() };
-    let mut bytes = Zeroizing::new(Vec::with_capacity(MAX + 1));
     let file = if path.as_os_str() == "-" { stdin_unbuffered() } else { File::open(path) };
-    file.and_then(|f| f.take(MAX as u64).read_to_end(&mut bytes))
+    let bytes = file
+        .and_then(|f| Plaintext::read_from(f, 4096))
         .map_err(|e| format!("cannot read the recovery secret from {from}: {e}"))?;
     let text = std::str::from_utf8(&bytes).map_err(|_| format!("the recovery secret in {from} is not text"))?;
     Ok(RecoverySecret::parse(text)?)

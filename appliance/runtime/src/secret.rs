@@ -81,6 +81,14 @@ impl Plaintext {
         Plaintext(bytes)
     }
 
+    /// Everything `reader` gives, up to `limit` bytes, read into a buffer sized once (so it never moves and
+    /// leaves no unwiped copy behind) and wiped on drop, also when the read fails half way.
+    pub fn read_from(reader: impl std::io::Read, limit: usize) -> std::io::Result<Self> {
+        let mut p = Plaintext(Vec::with_capacity(limit));
+        std::io::Read::read_to_end(&mut reader.take(u64::try_from(limit).unwrap_or(u64::MAX)), &mut p.0)?;
+        Ok(p)
+    }
+
     /// The bytes, for decrypting into them in place.
     pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
         &mut self.0
@@ -138,6 +146,25 @@ mod tests {
         let mut short = [1u8; 5];
         assert!(SecretKey::take_from(&mut short).is_none());
         assert_eq!(short, [0u8; 5]);
+    }
+
+    #[test]
+    fn read_from_stops_at_its_limit_in_the_buffer_it_started_with() {
+        let p = Plaintext::read_from(&b"0123456789"[..], 4).unwrap();
+        assert_eq!(&*p, b"0123");
+        assert_eq!(p.0.capacity(), 4, "the buffer never grew (no unwiped copy was left behind)");
+        let short = Plaintext::read_from(&b"01"[..], 4).unwrap();
+        assert_eq!((&*short, short.0.capacity()), (&b"01"[..], 4));
+        // A reader that fails half way: the error, and what was read is dropped (and wiped).
+        let failing = std::io::Read::chain(&b"01"[..], FailingReader);
+        assert!(Plaintext::read_from(failing, 4).is_err());
+    }
+
+    struct FailingReader;
+    impl std::io::Read for FailingReader {
+        fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+            Err(std::io::Error::other("broken pipe"))
+        }
     }
 
     #[test]
