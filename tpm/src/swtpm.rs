@@ -393,6 +393,26 @@ fn spawn_swtpm(state_dir: &Path, channels: &[&str]) -> Result<Child, SwtpmError>
         .map_err(|e| if e.kind() == io::ErrorKind::NotFound { SwtpmError::NotInstalled } else { SwtpmError::Spawn(e) })
 }
 
+/// Marks every descriptor this process holds above stderr close-on-exec, so that no program it starts
+/// later inherits one: neither a swtpm nor the socat relay that the TSS's `cmd` TCTI starts with its own
+/// fork and exec (where no hook of ours runs). For a command-line process to call once at start-up: what
+/// it opens itself is close-on-exec already (std opens everything so), but its parent may have left
+/// descriptors open without the flag, and they would pass on to those children.
+pub fn close_inherited_descriptors_on_exec() {
+    // SAFETY: close_range only changes the flags of this process' descriptors.
+    let flagged = unsafe { libc::close_range(3, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC as libc::c_int) };
+    if flagged == 0 {
+        return;
+    }
+    // Kernels before 5.11: the descriptors that are open, from /proc (the listing's own is among them
+    // and is closed after it, so marking it does no harm).
+    let Ok(open) = std::fs::read_dir("/proc/self/fd") else { return };
+    for fd in open.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<libc::c_int>().ok()).filter(|fd| *fd > 2) {
+        // SAFETY: fcntl on a descriptor that is open (or was, and then fails with EBADF) changes only its flag.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+}
+
 /// Marks every descriptor above stderr close-on-exec (in a child between fork and exec), so that exec
 /// closes them; std's own exec-error pipe is close-on-exec already and keeps working until then.
 fn close_on_exec_above_stderr(open_max: libc::c_int) -> io::Result<()> {
@@ -599,9 +619,14 @@ mod tests {
         assert!(!socket.exists());
     }
 
+    /// Held by the tests that make a descriptor without close-on-exec and by the one that marks every
+    /// descriptor of the test process, so that neither sees the other's change half way.
+    static DESCRIPTOR_FLAGS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     #[test]
     fn a_swtpm_inherits_no_descriptor_of_ours() {
         use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        let _flags = DESCRIPTOR_FLAGS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let d = tempfile::tempdir().unwrap();
         // A descriptor without close-on-exec, as the TSS leaves its TCTI sockets.
         let marker = d.path().join("held-by-the-parent");
@@ -620,6 +645,26 @@ mod tests {
             .collect();
         assert!(!held.contains(&marker), "swtpm inherited the parent's descriptor: {held:?}");
         drop(inheritable);
+    }
+
+    #[test]
+    fn inherited_descriptors_are_marked_close_on_exec() {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        let _flags = DESCRIPTOR_FLAGS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let file = tempfile::tempfile().unwrap();
+        // SAFETY: dup of an open descriptor; it makes a new one, with close-on-exec clear.
+        let copy = unsafe { libc::dup(file.as_raw_fd()) };
+        assert!(copy >= 0, "dup failed");
+        // SAFETY: `copy` is open and nothing else owns it; it is closed when this is dropped.
+        let inherited = unsafe { OwnedFd::from_raw_fd(copy) };
+        // SAFETY: F_GETFD on an open descriptor.
+        let flags = || unsafe { libc::fcntl(inherited.as_raw_fd(), libc::F_GETFD) };
+        assert_eq!(flags() & libc::FD_CLOEXEC, 0);
+        close_inherited_descriptors_on_exec();
+        assert_eq!(flags() & libc::FD_CLOEXEC, libc::FD_CLOEXEC);
+        // stdin, stdout and stderr keep theirs (children are meant to share them).
+        // SAFETY: F_GETFD on descriptor 2, which the test harness keeps open.
+        assert_eq!(unsafe { libc::fcntl(2, libc::F_GETFD) } & libc::FD_CLOEXEC, 0);
     }
 
     #[test]

@@ -20,6 +20,8 @@ use zeroize::Zeroizing;
 type Fallible = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
 fn main() -> ExitCode {
+    // No child this process starts (swtpm, the TSS's socat relay) inherits what its parent left open.
+    bulwark_tpm::swtpm::close_inherited_descriptors_on_exec();
     report::init_logging();
     report::install_panic_hook();
     let cli = Cli::parse();
