@@ -94,8 +94,11 @@ fn print_secret(lost: &str, render: impl FnOnce(&mut Vec<u8>) -> std::io::Result
 
 /// The recovery secret in `path` (`-`: stdin), read into a buffer that is wiped and never moves.
 fn read_recovery(path: &Path) -> Result<RecoverySecret, Box<dyn std::error::Error + Send + Sync>> {
-    let from = if path.as_os_str() == "-" { "stdin".to_string() } else { path.display().to_string() };
-    let file = if path.as_os_str() == "-" { stdin_unbuffered() } else { File::open(path) };
+    let (from, file) = if path.as_os_str() == "-" {
+        ("stdin".to_string(), stdin_unbuffered())
+    } else {
+        (path.display().to_string(), File::open(path))
+    };
     let bytes = file
         .and_then(|f| Plaintext::read_from(f, 4096))
         .map_err(|e| format!("cannot read the recovery secret from {from}: {e}"))?;
