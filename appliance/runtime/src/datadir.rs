@@ -104,6 +104,17 @@ pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DataDirError
     move |source| DataDirError::Io { path: path.to_path_buf(), source }
 }
 
+/// Splits what the storage engine (redb) reported into a failure of the file system under it (a full
+/// disk, a read-only mount: `Ok`) and anything else (`Err`: a damaged file, or a misuse). A file shorter
+/// than its own structures say counts as damaged.
+pub(crate) fn storage_io(e: impl Into<redb::Error>) -> Result<std::io::Error, redb::Error> {
+    match e.into() {
+        redb::Error::Io(io) if io.kind() != std::io::ErrorKind::UnexpectedEof => Ok(io),
+        redb::Error::PreviousIo => Ok(std::io::Error::other("an earlier read or write of the file failed")),
+        e => Err(e),
+    }
+}
+
 /// Writes `bytes` to `path` atomically and durably (temp file, fsync, rename, fsync of the directory): the
 /// ledger crate's implementation, so the whole appliance has one.
 pub use bulwark_ledger::fsutil::write_durable;
@@ -147,12 +158,17 @@ impl DataDir {
     }
 
     /// Creates the data dir owner-only (mode 0700) if it is missing, and takes group and other access away
-    /// from one that has it. Returns whether an existing dir had to be tightened.
+    /// from one that has it. Returns whether an existing dir had to be tightened. Refuses a path that is not
+    /// a directory, or one this user cannot use, as [`DataDir::is_initialised`] does.
     pub fn make_private(&self) -> Result<bool, DataDirError> {
-        // Refuses a path that is not a directory, or one this user cannot use.
-        self.is_initialised()?;
-        fs::DirBuilder::new().recursive(true).mode(0o700).create(&self.root).map_err(io_err(&self.root))?;
-        let mode = fs::metadata(&self.root).map_err(io_err(&self.root))?.permissions().mode();
+        let meta = match self.existing_dir()? {
+            Some(meta) => meta,
+            None => {
+                fs::DirBuilder::new().recursive(true).mode(0o700).create(&self.root).map_err(io_err(&self.root))?;
+                return Ok(false);
+            }
+        };
+        let mode = meta.permissions().mode();
         if mode & 0o077 == 0 {
             return Ok(false);
         }
@@ -160,19 +176,31 @@ impl DataDir {
         Ok(true)
     }
 
+    /// The data dir's metadata if it exists, after checking that it is a directory this user can list;
+    /// `None` if there is nothing at its path yet.
+    fn existing_dir(&self) -> Result<Option<fs::Metadata>, DataDirError> {
+        let meta = match fs::metadata(&self.root) {
+            Ok(meta) if !meta.is_dir() => return Err(DataDirError::NotADirectory(self.root.clone())),
+            Ok(meta) => meta,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(self.inaccessible(e)),
+        };
+        fs::read_dir(&self.root).map_err(|e| self.inaccessible(e))?;
+        Ok(Some(meta))
+    }
+
+    fn inaccessible(&self, source: std::io::Error) -> DataDirError {
+        DataDirError::Inaccessible { path: self.root.clone(), source }
+    }
+
     /// Whether `init` has run here. Refused, before anything (the TPM included) is touched for this data
     /// dir: [`DataDirError::NotADirectory`] if its path names something else, [`DataDirError::Inaccessible`]
     /// if this user cannot reach into it. A path that does not exist yet is a data dir to be made.
     pub fn is_initialised(&self) -> Result<bool, DataDirError> {
-        let inaccessible = |source| DataDirError::Inaccessible { path: self.root.clone(), source };
-        match fs::metadata(&self.root) {
-            Ok(meta) if !meta.is_dir() => return Err(DataDirError::NotADirectory(self.root.clone())),
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-            Err(e) => return Err(inaccessible(e)),
+        if self.existing_dir()?.is_none() {
+            return Ok(false);
         }
-        fs::read_dir(&self.root).map_err(inaccessible)?;
-        self.config_path().try_exists().map_err(inaccessible)
+        self.config_path().try_exists().map_err(|e| self.inaccessible(e))
     }
 
     /// Writes the config and profile of a new appliance. Fails if one exists already.
@@ -194,10 +222,16 @@ impl DataDir {
     /// Reads the config's exact bytes and its parsed form.
     pub fn load_config(&self) -> Result<(Vec<u8>, ApplianceConfig), DataDirError> {
         let path = self.config_path();
-        if !self.is_initialised()? {
-            return Err(DataDirError::NotInitialised(self.root.clone()));
-        }
-        let bytes = fs::read(&path).map_err(io_err(&path))?;
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            // Why it cannot be read, as precisely as the dir itself tells (see `is_initialised`).
+            Err(e) => {
+                if self.is_initialised()? {
+                    return Err(io_err(&path)(e));
+                }
+                return Err(DataDirError::NotInitialised(self.root.clone()));
+            }
+        };
         let text = String::from_utf8_lossy(&bytes);
         let config: ApplianceConfig =
             toml::from_str(&text).map_err(|source| DataDirError::BadConfig { path: path.clone(), source })?;

@@ -38,12 +38,24 @@ pub enum RegistryError {
     /// A write was attempted on a registry opened read-only (a bug in the caller).
     #[error("the tenant registry was opened read-only")]
     ReadOnly,
-    /// The registry database failed or is corrupt.
+    /// The registry database is corrupt.
     #[error("tenant registry is unreadable or corrupt")]
     Store(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The file system failed to read or write the registry (a full disk, a read-only mount): a write
+    /// that fails so changes nothing.
+    #[error("the tenant registry could not be read or written (nothing was changed)")]
+    Storage(#[source] std::io::Error),
 }
 
-fn store<E: std::error::Error + Send + Sync + 'static>(e: E) -> RegistryError {
+fn store<E: Into<redb::Error>>(e: E) -> RegistryError {
+    match crate::datadir::storage_io(e) {
+        Ok(io) => RegistryError::Storage(io),
+        Err(e) => RegistryError::Store(Box::new(e)),
+    }
+}
+
+/// A record that does not decode (or encode) as a [`TenantRecord`].
+fn malformed(e: postcard::Error) -> RegistryError {
     RegistryError::Store(Box::new(e))
 }
 
@@ -99,9 +111,20 @@ impl Registry {
             return Ok(Registry { db: Store::Missing });
         }
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut repaired = false;
         loop {
             match ReadOnlyDatabase::open(path) {
                 Ok(db) => return Ok(Registry { db: Store::ReadOnly(db) }),
+                // Not closed cleanly (a crash, or a full disk as it closed): only a read-write open
+                // repairs it, once.
+                Err(redb::DatabaseError::RepairAborted) if !repaired => {
+                    match Database::open(path) {
+                        Ok(db) => drop(db),
+                        Err(redb::DatabaseError::DatabaseAlreadyOpen) => {}
+                        Err(e) => return Err(store(e)),
+                    }
+                    repaired = true;
+                }
                 Err(redb::DatabaseError::DatabaseAlreadyOpen) if std::time::Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(10));
                 }
@@ -162,7 +185,7 @@ impl Registry {
         if self.list()?.iter().any(|t| t.name == rec.name) {
             return Err(RegistryError::NameTaken(rec.name.clone()));
         }
-        let bytes = postcard::to_stdvec(rec).map_err(store)?;
+        let bytes = postcard::to_stdvec(rec).map_err(malformed)?;
         let mut tx = self.writable()?.begin_write().map_err(store)?;
         tx.set_durability(redb::Durability::Immediate).map_err(store)?;
         tx.open_table(TENANTS).map_err(store)?.insert(rec.id.as_bytes(), bytes.as_slice()).map_err(store)?;
@@ -178,7 +201,7 @@ impl Registry {
             Err(e) => return Err(store(e)),
         };
         let v = t.get(id.as_bytes()).map_err(store)?.ok_or(RegistryError::UnknownTenant(id))?;
-        postcard::from_bytes(v.value()).map_err(store)
+        postcard::from_bytes(v.value()).map_err(malformed)
     }
 
     /// Every tenant, ordered by name.
@@ -192,7 +215,7 @@ impl Registry {
         let mut out = Vec::new();
         for item in t.iter().map_err(store)? {
             let (_, v) = item.map_err(store)?;
-            out.push(postcard::from_bytes::<TenantRecord>(v.value()).map_err(store)?);
+            out.push(postcard::from_bytes::<TenantRecord>(v.value()).map_err(malformed)?);
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)

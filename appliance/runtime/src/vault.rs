@@ -133,6 +133,10 @@ pub enum VaultError {
     /// The vault file is not a readable redb database of ours.
     #[error("vault file is corrupt or not a Bulwark vault")]
     Corrupt(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The file system failed to read or write the vault file (a full disk, a read-only mount): a write
+    /// that fails so changes nothing.
+    #[error("the vault file could not be read or written (nothing was changed)")]
+    Storage(#[source] std::io::Error),
     /// A write was attempted on a vault opened with [`Vault::open_read_only`].
     #[error("this vault was opened read-only")]
     ReadOnly,
@@ -530,8 +534,13 @@ fn guarded<T>(db: Option<&GuardedDb>, f: impl FnOnce() -> Result<T, VaultError>)
     r
 }
 
-fn corrupt<E: std::error::Error + Send + Sync + 'static>(e: E) -> VaultError {
-    VaultError::Corrupt(Box::new(e))
+/// What the storage engine reported: a failure of the file system (a full disk, a read-only mount) as
+/// such, anything else as a damaged file.
+fn corrupt<E: Into<redb::Error>>(e: E) -> VaultError {
+    match crate::datadir::storage_io(e) {
+        Ok(io) => VaultError::Storage(io),
+        Err(e) => VaultError::Corrupt(Box::new(e)),
+    }
 }
 
 fn check_key(key: &str) -> Result<(), VaultError> {
@@ -734,7 +743,7 @@ impl Vault {
         let mac_key = derive_mac_key(&dek);
         let mut wrapped = RecordCipher::new(kek)?.seal(&aad(AAD_DEK, &tenant, "", 0), dek.expose_secret());
         wrapped.version = 0;
-        let wrapped = postcard::to_stdvec(&wrapped).map_err(corrupt)?;
+        let wrapped = encode(&wrapped)?;
         let mut digest = [0u8; 32];
         xor_into(&mut digest, &entry_mac(&mac_key, "meta", META_FORMAT, FORMAT_V2));
         let mut tx = db.begin_write()?;
@@ -879,7 +888,7 @@ impl Vault {
             body.version = version;
             let sealed_key = self.cipher.seal(&aad(AAD_RECORD_KEY, &self.tenant, locator, 0), key.as_bytes());
             let env = RecordEnvelope { body, key: sealed_key };
-            let bytes = postcard::to_stdvec(&env).map_err(corrupt)?;
+            let bytes = encode(&env)?;
             xor_into(&mut digest, &entry_mac(&self.mac_key, "records", locator, &bytes));
             records.insert(locator, bytes.as_slice()).map_err(corrupt)?;
             meta.insert(META_DIGEST, digest.as_slice()).map_err(corrupt)?;
@@ -984,7 +993,7 @@ impl Vault {
                 xor_into(&mut digest, &entry_mac(&self.mac_key, "meta", &slot, &old));
             }
             let env = self.cipher.seal(&aad(AAD_SECRET, &self.tenant, name, 0), secret.expose_secret());
-            let bytes = postcard::to_stdvec(&env).map_err(corrupt)?;
+            let bytes = encode(&env)?;
             xor_into(&mut digest, &entry_mac(&self.mac_key, "meta", &slot, &bytes));
             meta.insert(slot.as_str(), bytes.as_slice()).map_err(corrupt)?;
             meta.insert(META_DIGEST, digest.as_slice()).map_err(corrupt)?;
@@ -1100,6 +1109,11 @@ fn decode_envelope(bytes: &[u8]) -> Result<EnvelopeRef<'_>, VaultError> {
 }
 
 /// A stored value read in place, all of it: trailing bytes are refused like malformed ones.
+/// `value` in postcard (which cannot fail for the vault's fixed-shape envelopes).
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, VaultError> {
+    postcard::to_stdvec(value).map_err(|e| VaultError::Corrupt(Box::new(e)))
+}
+
 fn decode_exactly<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, VaultError> {
     let (value, rest): (T, &[u8]) =
         postcard::take_from_bytes(bytes).map_err(|_| VaultError::Integrity("stored record is malformed".into()))?;
