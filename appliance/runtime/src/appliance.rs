@@ -147,6 +147,32 @@ pub enum ApplianceError {
     /// The ledger refused: nothing was done (the OAR could not be made durable) or the ledger is damaged.
     #[error(transparent)]
     Ledger(#[from] LedgerError),
+    /// The operation was attested and carried out, but the ledger could not take its outcome.
+    #[error(
+        "{op} was carried out, but the ledger could not record its outcome; the ledger records the operation \
+         as interrupted when it next opens (remove the cause below first)"
+    )]
+    OutcomeUnrecorded {
+        /// The operation.
+        op: OpKind,
+        /// Why the ledger could not take the outcome.
+        #[source]
+        source: LedgerError,
+    },
+    /// The operation was attested and failed, and the ledger could not record the failure either.
+    #[error(
+        "{op} failed ({error}), and the ledger could not record the failure either; the ledger records the \
+         operation as interrupted when it next opens (remove the cause below first)"
+    )]
+    FailureUnrecorded {
+        /// The operation.
+        op: OpKind,
+        /// Why the operation failed, with its causes.
+        error: String,
+        /// Why the ledger could not take the outcome.
+        #[source]
+        source: LedgerError,
+    },
     /// A signing key could not be derived.
     #[error("signing key")]
     Key(#[from] KeyError),
@@ -244,6 +270,55 @@ pub struct UnlockedTenant {
     ledger_dir: std::path::PathBuf,
 }
 
+/// Appends the outcome of the operation `token` attests: success with its result digest, or failure.
+/// Returns what the operation returned, or, when the ledger cannot take the outcome, an error that says
+/// whether the operation took effect.
+fn settle<T>(gate: &Gate, token: Attested, done: Result<(Digest, T), ApplianceError>) -> Result<T, ApplianceError> {
+    let op = token.op();
+    let (done, refused) = record_outcome(gate, token, done);
+    unrecorded(op, done, refused)
+}
+
+/// Appends the outcome of the operation `token` attests; returns what the operation returned and, apart,
+/// why the ledger could not take the outcome, if it could not.
+fn record_outcome<T>(
+    gate: &Gate,
+    token: Attested,
+    done: Result<(Digest, T), ApplianceError>,
+) -> (Result<T, ApplianceError>, Option<LedgerError>) {
+    let outcome = match &done {
+        Ok((result, _)) => Outcome::success(*result),
+        Err(_) => Outcome::failure(Digest::None),
+    };
+    let refused = gate.complete(token, outcome).err();
+    (done.map(|(_, v)| v), refused)
+}
+
+/// `done`, or when the ledger `refused` its outcome, the error that says so and whether `op` took effect.
+fn unrecorded<T>(
+    op: OpKind,
+    done: Result<T, ApplianceError>,
+    refused: Option<LedgerError>,
+) -> Result<T, ApplianceError> {
+    match (done, refused) {
+        (done, None) => done,
+        (Ok(_), Some(source)) => Err(ApplianceError::OutcomeUnrecorded { op, source }),
+        (Err(error), Some(source)) => Err(ApplianceError::FailureUnrecorded { op, error: with_causes(&error), source }),
+    }
+}
+
+/// `e` and its causes on one line.
+fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
 /// Who acts through the CLI. Until the TLS API authenticates callers, the CLI's actor is the tenant's
 /// user role with no subject.
 fn cli_actor() -> Actor {
@@ -268,17 +343,8 @@ impl UnlockedTenant {
     ) -> Result<(T, Receipt), ApplianceError> {
         let token = self.gate.attest(OarDraft::new(cli_actor(), op, target, params))?;
         let receipt = token.receipt().clone();
-        match f(&token) {
-            Ok(v) => {
-                let d = result(&v)?;
-                self.gate.complete(token, Outcome::success(d))?;
-                Ok((v, receipt))
-            }
-            Err(e) => {
-                self.gate.complete(token, Outcome::failure(Digest::None))?;
-                Err(e.into())
-            }
-        }
+        let done = f(&token).map_err(ApplianceError::from).and_then(|v| Ok((result(&v)?, v)));
+        settle(&self.gate, token, done).map(|v| (v, receipt))
     }
 
     /// Stores `value` under `key`; returns the new version and the OAR's receipt.
@@ -830,11 +896,49 @@ impl Appliance {
         // The appliance ledger records the creation, with the tenant's public key, before it happens.
         let appliance = self.appliance_ledger()?;
         let token = appliance.gate.attest(OarDraft::tenant_created(operator_actor(), id, signer.public_key()))?;
-        let created = self.as_owner().and_then(|()| self.create_tenant_files(id, name, &registry, &seed, signer));
-        let outcome = if created.is_ok() { Outcome::success(Digest::None) } else { Outcome::failure(Digest::None) };
-        appliance.gate.complete(token, outcome)?;
+        let created = self.as_owner().and_then(|()| {
+            let slot = registry.allocate_slot()?;
+            let created = self.create_tenant_files(id, name, &registry, &seed, signer, slot);
+            if created.is_err() {
+                self.abandon_tenant(id, slot);
+            }
+            created
+        });
+        let (created, refused) = record_outcome(&appliance.gate, token, created.map(|c| (Digest::None, c)));
+        let created = match (created, refused) {
+            // The tenant exists and its recovery secret can be shown only now: an outcome the ledger cannot
+            // take (it records the creation as interrupted when it next opens) must not lose it.
+            (Ok(created), Some(refused)) => {
+                tracing::error!(
+                    tenant = %id,
+                    error = %with_causes(&refused),
+                    "the tenant was created, but the appliance ledger could not record the outcome; it records \
+                     the creation as interrupted when it next opens (remove the cause first)"
+                );
+                Ok(created)
+            }
+            (created, refused) => unrecorded(OpKind::TenantCreate, created, refused),
+        };
         appliance.gate.close()?;
         created
+    }
+
+    /// Undoes what a failed creation of tenant `id` left behind, as far as it can (what it cannot is
+    /// logged): the liveness slot is set dead, so no key sealed for the tenant can ever unseal, and the
+    /// tenant's directory is removed. The slot itself is not reused.
+    fn abandon_tenant(&mut self, id: TenantId, slot: SlotNumber) {
+        let killed = liveness_of(slot).and_then(|l| Ok(self.machine.tpm.liveness_kill(l)?));
+        if let Err(e) = killed {
+            tracing::warn!(tenant = %id, slot = slot.0, error = %with_causes(&e), "the failed tenant's liveness slot \
+                could not be set dead (its key, if it was sealed, stays in its directory only)");
+        }
+        let dir = self.dd.tenant_dir(&id);
+        if let Err(e) = std::fs::remove_dir_all(&dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(tenant = %id, dir = %dir.display(), error = %e, "the failed tenant's directory could \
+                not be removed; nothing refers to it and it may be deleted");
+        }
     }
 
     fn create_tenant_files(
@@ -844,8 +948,8 @@ impl Appliance {
         registry: &Registry,
         seed: &SignerSeed,
         signer: LedgerSigner,
+        slot: SlotNumber,
     ) -> Result<CreatedTenant, ApplianceError> {
-        let slot = registry.allocate_slot()?;
         let policy = self.seal_policy(slot)?;
         let kek = SecretKey::random();
         let recovery = RecoverySecret::random();
@@ -859,8 +963,8 @@ impl Appliance {
         vault.put_secret(SIGNING_SEED, &seed_key)?;
         Gate::create(&dir.join("ledger"), signer, self.runtime_state()?)?.close()?;
         let record = TenantRecord { id, name: name.to_string(), created_unix: now_unix(), slot };
-        // The registry entry comes last: a crash before it leaves an orphan dir, never a listed tenant
-        // without a sealed key.
+        // The registry entry comes last: a crash before it leaves an orphan dir (a failure returned
+        // before it is undone by `abandon_tenant`), never a listed tenant without a sealed key.
         registry.insert(&record)?;
         Ok(CreatedTenant { record, recovery })
     }
@@ -941,10 +1045,9 @@ impl Appliance {
         let draft = OarDraft::new(operator_actor(), OpKind::TenantDelete, Target::Tenant(id), Digest::None);
         let token = appliance.gate.attest(draft)?;
         let done = self.as_owner().and_then(|()| self.shred(id, &registry, &record));
-        let outcome = if done.is_ok() { Outcome::success(Digest::None) } else { Outcome::failure(Digest::None) };
-        appliance.gate.complete(token, outcome)?;
+        let done = settle(&appliance.gate, token, done.map(|()| (Digest::None, record)));
         appliance.gate.close()?;
-        done.map(|()| record)
+        done
     }
 
     fn shred(&mut self, id: TenantId, registry: &Registry, record: &TenantRecord) -> Result<(), ApplianceError> {
@@ -982,6 +1085,23 @@ impl Appliance {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_outcome_the_ledger_cannot_take_is_reported_with_what_became_of_the_operation() {
+        let refused = || Some(LedgerError::Unavailable("disk full".into()));
+        assert_eq!(unrecorded(OpKind::VaultPut, Ok(7), None).expect("recorded"), 7);
+        let e = unrecorded(OpKind::VaultPut, Ok(7), refused()).expect_err("unrecorded");
+        assert!(e.to_string().starts_with("vault.put was carried out, but the ledger could not record"), "{e}");
+        assert!(std::error::Error::source(&e).is_some_and(|c| c.to_string().contains("disk full")), "{e:?}");
+        let failed = Err(ApplianceError::Vault(VaultError::Storage(std::io::Error::other("no space"))));
+        let e = unrecorded::<u64>(OpKind::VaultPut, failed, refused()).expect_err("failed");
+        let text = e.to_string();
+        assert!(text.starts_with("vault.put failed (the vault file could not be read or written"), "{text}");
+        assert!(text.contains("no space") && text.contains("could not record the failure either"), "{text}");
+        let failed = Err(ApplianceError::Vault(VaultError::NotFound("k".into())));
+        let e = unrecorded::<u64>(OpKind::VaultGet, failed, None).expect_err("failed");
+        assert!(matches!(e, ApplianceError::Vault(VaultError::NotFound(_))), "{e:?}");
+    }
 
     #[test]
     fn recovery_secret_text_round_trips_and_debug_is_redacted() {
