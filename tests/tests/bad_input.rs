@@ -404,3 +404,34 @@ fn a_data_dir_this_user_cannot_use_is_named_before_the_tpm_is_touched() {
     assert_eq!(snapshot(&data), before);
     env.assert_get(&t.id, "k", b"kept");
 }
+
+#[test]
+fn a_registry_restored_from_an_older_copy_never_hands_out_a_slot_twice() {
+    let env = Env::new();
+    env.init();
+    let registry = env.data_dir().join("registry.redb");
+    let read = || std::fs::read(&registry).expect("read the registry");
+    let before_a = read();
+    let a = env.create_tenant("a");
+    env.put(&a.id, "k", b"kept");
+    let after_a = read();
+    let b = env.create_tenant("b");
+    env.run(&["tenant", "delete", "--tenant", &b.id]).ok();
+
+    // The registry as it was before `a` existed: its slot counter is older than the TPM's claims. A new
+    // tenant gets neither the live `a`'s slot (deleting it would shred `a` too) nor the dead `b`'s.
+    std::fs::write(&registry, &before_a).expect("restore the registry");
+    let c = env.create_tenant("c");
+    assert!(![a.slot, b.slot].contains(&c.slot), "c got slot {} (a {}, b {})", c.slot, a.slot, b.slot);
+    env.put(&c.id, "k", b"c's");
+    env.run(&["tenant", "delete", "--tenant", &c.id]).ok();
+
+    // Back to the registry that lists `a`: `a` is untouched, and the next tenant is new too.
+    std::fs::write(&registry, &after_a).expect("restore the registry");
+    env.assert_get(&a.id, "k", b"kept");
+    let d = env.create_tenant("d");
+    assert!(![a.slot, b.slot, c.slot].contains(&d.slot), "d got slot {}", d.slot);
+    env.put(&d.id, "k", b"d's");
+    env.assert_get(&d.id, "k", b"d's");
+    env.assert_get(&a.id, "k", b"kept");
+}

@@ -61,6 +61,6 @@ pub use seal::{
 pub use secret::SecretBytes;
 pub use tcti::{SWTPM_SOCKET, TctiParseError, TctiSpec};
 pub use tpm::{
-    ClockInfo, LIVENESS_NV_ATTRIBUTES, LIVENESS_NV_BASE, LivenessSlot, PlatformHierarchy, PolicyStep, SRK_ATTRIBUTES,
-    SRK_HANDLE, SessionEncryption, Tpm, TpmError, TpmOptions, hash_for_bank,
+    CLAIM_NV_BASE, ClockInfo, LIVENESS_NV_ATTRIBUTES, LIVENESS_NV_BASE, LivenessSlot, PlatformHierarchy, PolicyStep,
+    SRK_ATTRIBUTES, SRK_HANDLE, SessionEncryption, Tpm, TpmError, TpmOptions, hash_for_bank,
 };

@@ -28,6 +28,12 @@ pub const SRK_HANDLE: u32 = 0x8100_0001;
 /// 0x01425700..=0x014257FF.
 pub const LIVENESS_NV_BASE: u32 = 0x0142_5700;
 
+/// First NV handle of the slot claim indices: `0x01425800 + k` for `k` in 0..=255, with the liveness
+/// indices' attributes and size. Bit `b` of claim index `k` is set once slot `64k + b` has been handed out
+/// (to a tenant, or to the appliance key) and is never cleared, so no slot number goes to two owners on
+/// this TPM whatever the appliance's files say. Bulwark owns 0x01425800..=0x014258FF too.
+pub const CLAIM_NV_BASE: u32 = 0x0142_5800;
+
 /// TPMA_NV of a liveness index as defined: TPM_NT_BITS (64 bits), written by the owner hierarchy,
 /// read with the index's own (empty) authValue, exempt from dictionary-attack lockout. The TPM adds
 /// TPMA_NV_WRITTEN on the first write, which `liveness_ensure_index` performs (a SetBits of 0).
@@ -172,6 +178,18 @@ pub enum TpmError {
          (pass SHA-256 of the recovery secret)"
     )]
     RecoveryAuth,
+    /// An index exists at a slot claim handle but with other attributes than bulwark defines.
+    #[error(
+        "NV index {index:#010x} exists but is not a bulwark slot claim index (unexpected attributes or size): it \
+         was defined outside bulwark, so bulwark cannot tell which tenant slots were handed out"
+    )]
+    ClaimIndexMismatch {
+        /// NV handle.
+        index: u32,
+    },
+    /// Every tenant slot this TPM can hold (256 indices of 64) was handed out.
+    #[error("every tenant slot on this TPM ({} of them) has been handed out", 256 * 64)]
+    SlotsExhausted,
     /// A liveness bit outside 0..=63.
     #[error("liveness bit {0} out of range (0 to 63)")]
     LivenessBit(u8),
@@ -283,8 +301,13 @@ impl LivenessSlot {
 }
 
 fn liveness_public(index_no: u8, written: bool) -> NvPublic {
+    bits_public(LIVENESS_NV_BASE, index_no, written)
+}
+
+/// The public area of bits index `index_no` of the family at `base` (liveness or slot claims).
+fn bits_public(base: u32, index_no: u8, written: bool) -> NvPublic {
     NvPublic {
-        index: LIVENESS_NV_BASE + u32::from(index_no),
+        index: base + u32::from(index_no),
         attributes: LIVENESS_NV_ATTRIBUTES | if written { nv_attr::WRITTEN } else { 0 },
         auth_policy: Vec::new(),
         data_size: 8,
@@ -538,8 +561,9 @@ impl Op<'_> {
     }
 }
 
+/// A handle of a liveness or slot claim index (bulwark's bits indices).
 fn is_liveness_handle(h: u32) -> bool {
-    (LIVENESS_NV_BASE..=LIVENESS_NV_BASE + 0xFF).contains(&h)
+    (LIVENESS_NV_BASE..=CLAIM_NV_BASE + 0xFF).contains(&h)
 }
 
 pub(crate) fn esys_error(spec: &TctiSpec, e: EsysError) -> TpmError {
@@ -878,27 +902,39 @@ impl Tpm {
     /// (TPM2_NV_SetBits with 0), so PolicyNV can use it. An existing index must have exactly the
     /// liveness attributes and size, else [`TpmError::LivenessIndexMismatch`]. Idempotent.
     pub fn liveness_ensure_index(&self, k: u8) -> Result<(), TpmError> {
-        let handle = LIVENESS_NV_BASE + u32::from(k);
+        self.op(|op| ensure_bits_index(op, LIVENESS_NV_BASE, k).map(|_| ()))
+    }
+
+    /// Hands out the first tenant slot numbered `from` or higher that was never handed out on this TPM
+    /// (its bit in the claim indices at [`CLAIM_NV_BASE`] is clear), marks it handed out, and returns
+    /// its number. The bit cannot be cleared again short of undefining the index, which needs the owner
+    /// authorization the appliance keeps sealed. The first claim on a TPM (claim index 0 not defined
+    /// yet) also marks every slot below `from` as handed out: slots given out before claims existed.
+    pub fn liveness_claim_from(&self, from: u32) -> Result<u32, TpmError> {
         self.op(|op| {
-            let tr = match op.nv(handle) {
-                Ok(tr) => tr,
-                Err(TpmError::LivenessIndexMissing { .. }) => {
-                    let tr = op.esys.nv_define_owner(&liveness_public(k, false).marshal()).map_err(|e| op.err(e))?;
-                    op.trs.insert(handle, tr);
-                    tr
+            if ensure_bits_index(op, CLAIM_NV_BASE, 0)? && from > 0 {
+                let last = from - 1;
+                for k in 0..=last / 64 {
+                    let index_no = u8::try_from(k).map_err(|_| TpmError::SlotsExhausted)?;
+                    ensure_bits_index(op, CLAIM_NV_BASE, index_no)?;
+                    let bits = if k < last / 64 { u64::MAX } else { u64::MAX >> (63 - last % 64) };
+                    let tr = op.nv(CLAIM_NV_BASE + k)?;
+                    op.esys.nv_set_bits_owner(tr, bits).map_err(|e| op.err(e))?;
                 }
-                Err(e) => return Err(e),
-            };
-            let (public, _name) = op.esys.nv_read_public(tr).map_err(|e| op.err(e))?;
-            if public == liveness_public(k, false).marshal() {
-                op.esys.nv_set_bits_owner(tr, 0).map_err(|e| op.err(e))?;
-            } else if public != liveness_public(k, true).marshal() {
-                return Err(TpmError::LivenessIndexMismatch { index: handle });
             }
-            // Refresh the cached metadata so it carries WRITTEN.
-            let blob = op.esys.tr_serialize(tr).map_err(|e| op.err(e))?;
-            op.cache.nv.insert(handle, blob);
-            Ok(())
+            let mut n = from;
+            loop {
+                let slot = LivenessSlot::from_counter(n).ok_or(TpmError::SlotsExhausted)?;
+                let handle = CLAIM_NV_BASE + u32::from(slot.index_no());
+                ensure_bits_index(op, CLAIM_NV_BASE, slot.index_no())?;
+                let taken = read_bits(op, handle)?;
+                if let Some(bit) = (slot.bit()..64).find(|b| taken & (1u64 << b) == 0) {
+                    let tr = op.nv(handle)?;
+                    op.esys.nv_set_bits_owner(tr, 1u64 << bit).map_err(|e| op.err(e))?;
+                    return Ok(u32::from(slot.index_no()) * 64 + u32::from(bit));
+                }
+                n = (u32::from(slot.index_no()) + 1) * 64;
+            }
         })
     }
 
@@ -1002,7 +1038,11 @@ impl Tpm {
 }
 
 pub(crate) fn read_liveness_bits(op: &mut Op<'_>, slot: LivenessSlot) -> Result<u64, TpmError> {
-    let handle = slot.nv_handle();
+    read_bits(op, slot.nv_handle())
+}
+
+/// The 64 bits of the bits index at `handle` (read with its own empty authValue).
+fn read_bits(op: &mut Op<'_>, handle: u32) -> Result<u64, TpmError> {
     let tr = op.nv(handle)?;
     let bytes = op.esys.nv_read(tr, false, 8, 0).map_err(|e| {
         if e.rc.is_from_tpm() && e.rc.base() == codes::NV_UNINITIALIZED {
@@ -1013,6 +1053,38 @@ pub(crate) fn read_liveness_bits(op: &mut Op<'_>, slot: LivenessSlot) -> Result<
     })?;
     let arr: [u8; 8] = bytes.try_into().map_err(|_| TpmError::Unexpected("liveness index size"))?;
     Ok(u64::from_be_bytes(arr))
+}
+
+/// Defines bits index `k` of the family at `base` (liveness or slot claims) if missing and marks it
+/// written (TPM2_NV_SetBits with 0), so it can be read and bound by PolicyNV; returns whether it was
+/// defined now. An existing index must have exactly the attributes and size bulwark defines.
+fn ensure_bits_index(op: &mut Op<'_>, base: u32, k: u8) -> Result<bool, TpmError> {
+    let handle = base + u32::from(k);
+    let mut defined = false;
+    let tr = match op.nv(handle) {
+        Ok(tr) => tr,
+        Err(TpmError::LivenessIndexMissing { .. }) => {
+            let tr = op.esys.nv_define_owner(&bits_public(base, k, false).marshal()).map_err(|e| op.err(e))?;
+            op.trs.insert(handle, tr);
+            defined = true;
+            tr
+        }
+        Err(e) => return Err(e),
+    };
+    let (public, _name) = op.esys.nv_read_public(tr).map_err(|e| op.err(e))?;
+    if public == bits_public(base, k, false).marshal() {
+        op.esys.nv_set_bits_owner(tr, 0).map_err(|e| op.err(e))?;
+    } else if public != bits_public(base, k, true).marshal() {
+        return Err(if base == CLAIM_NV_BASE {
+            TpmError::ClaimIndexMismatch { index: handle }
+        } else {
+            TpmError::LivenessIndexMismatch { index: handle }
+        });
+    }
+    // Refresh the cached metadata so it carries WRITTEN.
+    let blob = op.esys.tr_serialize(tr).map_err(|e| op.err(e))?;
+    op.cache.nv.insert(handle, blob);
+    Ok(defined)
 }
 
 fn check_nv_handle(index: u32) -> Result<(), TpmError> {
@@ -1185,6 +1257,38 @@ mod tests {
             &["tpm2_createpolicy", "--policy-pcr", "-l", "sha256:4,7", "-L", "live.bin"],
         );
         assert_eq!(printed.trim(), hex::encode(crate::policy::policy_pcr(&POLICY_START, &live)));
+    }
+
+    #[test]
+    fn slot_claims_hand_each_slot_out_once_whatever_number_is_asked_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let (sw, tpm) = start(&dir.path().join("state"));
+        // The first claim on this TPM, from 3 (as a registry that handed out 0..=2 before claims
+        // existed asks): 0..=2 are marked handed out with it.
+        assert_eq!(tpm.liveness_claim_from(3).unwrap(), 3);
+        assert_eq!(tpm.liveness_claim_from(0).unwrap(), 4);
+        assert_eq!(tpm.liveness_claim_from(2).unwrap(), 5);
+        // Past the end of an index into the next one; the search starts where it is asked to.
+        assert_eq!(tpm.liveness_claim_from(63).unwrap(), 63);
+        assert_eq!(tpm.liveness_claim_from(63).unwrap(), 64);
+        assert_eq!(tpm.liveness_claim_from(10).unwrap(), 10);
+        assert_eq!(tpm.liveness_claim_from(200).unwrap(), 200);
+        // Claims are TPM state: a new connection after a restart of the TPM sees them.
+        drop(tpm);
+        drop(sw);
+        let (_sw, tpm) = start(&dir.path().join("state"));
+        assert_eq!(tpm.liveness_claim_from(3).unwrap(), 6);
+        assert_eq!(tpm.liveness_claim_from(200).unwrap(), 201);
+        assert!(matches!(tpm.liveness_claim_from(256 * 64), Err(TpmError::SlotsExhausted)));
+        // An index at a claim handle that bulwark did not define is refused by name.
+        let squatter = NvPublic {
+            index: CLAIM_NV_BASE + 9,
+            attributes: nv_attr::OWNERWRITE | nv_attr::AUTHREAD | nv_attr::NO_DA,
+            auth_policy: Vec::new(),
+            data_size: 8,
+        };
+        tpm.nv_define(&squatter).unwrap();
+        assert!(matches!(tpm.liveness_claim_from(9 * 64), Err(TpmError::ClaimIndexMismatch { index: 0x0142_5809 })));
     }
 
     #[test]

@@ -611,7 +611,7 @@ impl Appliance {
     /// its presence marks the data dir as fully initialised.
     fn create_appliance_key(&mut self) -> Result<RecoverySecret, ApplianceError> {
         let aid = self.appliance_id()?;
-        let slot = self.registry_mut()?.allocate_slot()?;
+        let slot = self.claim_slot(&self.registry_mut()?)?;
         let policy = self.seal_policy(slot)?;
         let seed = SignerSeed::generate()?;
         let recovery = RecoverySecret::random();
@@ -867,6 +867,18 @@ impl Appliance {
         self.seal_policy_for(liveness_of(slot)?)
     }
 
+    /// A liveness slot never handed out on this TPM, now handed out: the TPM's slot claims decide, the
+    /// registry's counter only says where to start looking. A slot number therefore never goes to two
+    /// owners, also after the registry was restored from an older copy (which would otherwise hand a
+    /// live tenant's slot to a new one, and deleting either would shred both).
+    fn claim_slot(&mut self, registry: &Registry) -> Result<SlotNumber, ApplianceError> {
+        let from = registry.next_slot()?;
+        let from = u32::try_from(from.0).map_err(|_| ApplianceError::SlotsExhausted(from.0))?;
+        let slot = SlotNumber(u64::from(self.machine.tpm.liveness_claim_from(from)?));
+        registry.slot_handed_out(slot)?;
+        Ok(slot)
+    }
+
     /// [`Appliance::seal_policy`] for a liveness slot already known.
     fn seal_policy_for(&mut self, liveness: LivenessSlot) -> Result<SealPolicy, ApplianceError> {
         self.machine.tpm.liveness_ensure_index(liveness.index_no())?;
@@ -897,7 +909,7 @@ impl Appliance {
         let appliance = self.appliance_ledger()?;
         let token = appliance.gate.attest(OarDraft::tenant_created(operator_actor(), id, signer.public_key()))?;
         let created = self.as_owner().and_then(|()| {
-            let slot = registry.allocate_slot()?;
+            let slot = self.claim_slot(&registry)?;
             let created = self.create_tenant_files(id, name, &registry, &seed, signer, slot);
             if created.is_err() {
                 self.abandon_tenant(id, slot);

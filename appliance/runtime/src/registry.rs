@@ -2,8 +2,9 @@
 //!
 //! Nothing here is secret and nothing here is trusted for access control: a tenant's data opens only
 //! with its KEK, which only the TPM releases, and only while the tenant's liveness bit in TPM NV is
-//! clear. The registry is bookkeeping: a restored or edited registry can at worst list a tenant that
-//! can no longer be unlocked.
+//! clear; and which liveness slots were handed out is the TPM's slot claims' to say (the registry's
+//! counter is where the search starts). The registry is bookkeeping: a restored or edited registry can
+//! at worst list a tenant that can no longer be unlocked, or miss one that still can.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -165,18 +166,29 @@ impl Registry {
         }
     }
 
-    /// Reserves the next never-used liveness slot. Slots are never reused: a deleted tenant's bit stays set.
-    pub fn allocate_slot(&self) -> Result<SlotNumber, RegistryError> {
+    /// Where the search for a new liveness slot starts: one past the highest slot this registry has seen
+    /// handed out. Only a hint: which slots were handed out is the TPM's to say (its slot claims), since
+    /// a registry restored from an older copy counts from an older number.
+    pub fn next_slot(&self) -> Result<SlotNumber, RegistryError> {
+        let Some(tx) = self.begin_read()? else { return Ok(SlotNumber(0)) };
+        let c = match tx.open_table(COUNTERS) {
+            Ok(c) => c,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(SlotNumber(0)),
+            Err(e) => return Err(store(e)),
+        };
+        Ok(SlotNumber(c.get(NEXT_SLOT).map_err(store)?.map(|v| v.value()).unwrap_or(0)))
+    }
+
+    /// Records that `slot` was handed out: later searches start above it.
+    pub fn slot_handed_out(&self, slot: SlotNumber) -> Result<(), RegistryError> {
         let mut tx = self.writable()?.begin_write().map_err(store)?;
         tx.set_durability(redb::Durability::Immediate).map_err(store)?;
-        let slot;
         {
             let mut c = tx.open_table(COUNTERS).map_err(store)?;
-            slot = c.get(NEXT_SLOT).map_err(store)?.map(|v| v.value()).unwrap_or(0);
-            c.insert(NEXT_SLOT, slot.saturating_add(1)).map_err(store)?;
+            let next = c.get(NEXT_SLOT).map_err(store)?.map(|v| v.value()).unwrap_or(0);
+            c.insert(NEXT_SLOT, next.max(slot.0.saturating_add(1))).map_err(store)?;
         }
-        tx.commit().map_err(store)?;
-        Ok(SlotNumber(slot))
+        tx.commit().map_err(store)
     }
 
     /// Adds a tenant record. Fails if a live tenant has its name.
@@ -236,12 +248,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn slots_are_never_reused_and_names_unique() {
+    fn the_slot_hint_only_moves_up_and_names_are_unique() {
         let d = tempfile::tempdir().unwrap();
         let r = Registry::open(&d.path().join("r.redb")).unwrap();
-        let s0 = r.allocate_slot().unwrap();
-        let s1 = r.allocate_slot().unwrap();
-        assert_eq!((s0.0, s1.0), (0, 1));
+        assert_eq!(r.next_slot().unwrap(), SlotNumber(0));
+        r.slot_handed_out(SlotNumber(0)).unwrap();
+        let (s0, s1) = (SlotNumber(0), r.next_slot().unwrap());
+        assert_eq!(s1, SlotNumber(1));
+        r.slot_handed_out(SlotNumber(5)).unwrap();
+        r.slot_handed_out(SlotNumber(2)).unwrap();
+        assert_eq!(r.next_slot().unwrap(), SlotNumber(6));
         let rec = TenantRecord { id: TenantId::random().unwrap(), name: "legal".into(), created_unix: 1, slot: s0 };
         r.insert(&rec).unwrap();
         let dup = TenantRecord { id: TenantId::random().unwrap(), name: "legal".into(), created_unix: 1, slot: s1 };
@@ -249,7 +265,7 @@ mod tests {
         assert_eq!(r.get(rec.id).unwrap(), rec);
         r.remove(rec.id).unwrap();
         assert!(matches!(r.get(rec.id), Err(RegistryError::UnknownTenant(_))));
-        assert_eq!(r.allocate_slot().unwrap().0, 2);
+        assert_eq!(r.next_slot().unwrap(), SlotNumber(6));
     }
 
     #[test]
