@@ -258,6 +258,31 @@ fn an_init_that_stopped_half_way_is_finished_by_init() {
 }
 
 #[test]
+fn a_lost_appliance_key_is_named_and_init_keeps_the_appliance_ledger() {
+    let env = Env::new();
+    env.init();
+    let t = env.create_tenant("legal");
+    env.put(&t.id, "k", b"kept");
+    let appliance = env.data_dir().join("appliance");
+    let key = appliance.join("key.sealed");
+    let saved = std::fs::read(&key).expect("read the appliance key");
+    std::fs::remove_file(&key).expect("remove the appliance key");
+    let before = snapshot(&appliance);
+    // Not a half-finished init: the tenant's vault still opens, and what needs the appliance key (and
+    // `init`, which would make a new one and drop the appliance ledger) says the key is lost.
+    env.assert_get(&t.id, "k", b"kept");
+    let lost = ["has no appliance key", "it was in use", "a tenant directory", "appliance ledger of", "restore"];
+    env.run(&["tenant", "create", "other"]).fails_with(&lost);
+    env.run(&["tenant", "delete", "--tenant", &t.id]).fails_with(&lost);
+    env.run(&["init"]).fails_with(&lost);
+    assert_eq!(snapshot(&appliance), before, "a refused command changed the appliance's files");
+    // The key restored from a backup: everything works again, on the same appliance ledger.
+    std::fs::write(&key, saved).expect("restore the appliance key");
+    env.create_tenant("other");
+    env.assert_get(&t.id, "k", b"kept");
+}
+
+#[test]
 fn init_refuses_a_tpm_whose_owner_or_lockout_authorization_someone_else_set() {
     let env = Env::new();
     let changeauth = |args: &[&str]| {

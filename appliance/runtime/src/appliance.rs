@@ -99,6 +99,19 @@ pub enum ApplianceError {
     /// A previous `init` of this data dir stopped before the appliance key existed.
     #[error("{0} was not fully initialised (no appliance key): run `bulwark init` again to finish it")]
     Unfinished(std::path::PathBuf),
+    /// The appliance's sealed key is gone from a data dir that was in use (an unfinished `init` leaves
+    /// no tenant and an empty appliance ledger).
+    #[error(
+        "{dir} has no appliance key (appliance/key.sealed), but it was in use ({signs}): restore \
+         appliance/key.sealed from a backup of the data dir. Tenants' own vaults still open; `bulwark init` \
+         does not make a new appliance key here, since that would discard the appliance ledger"
+    )]
+    ApplianceKeyLost {
+        /// The data dir.
+        dir: std::path::PathBuf,
+        /// What shows it was in use.
+        signs: String,
+    },
     /// `init` was asked for something that contradicts the half-initialised data dir it would finish.
     #[error("{dir} is half initialised with {what}; run `bulwark init` with the same settings, or remove it")]
     UnfinishedMismatch {
@@ -430,6 +443,34 @@ fn liveness_of(slot: SlotNumber) -> Result<LivenessSlot, ApplianceError> {
     u32::try_from(slot.0).ok().and_then(LivenessSlot::from_counter).ok_or(ApplianceError::SlotsExhausted(slot.0))
 }
 
+/// What shows that data dir `dd` was in use, which an `init` that stopped before the appliance key
+/// existed never leaves: tenant directories (every registered tenant has one), an appliance ledger that
+/// recorded operations. Files only: the caller may hold the registry. `None` when there is none.
+fn signs_of_use(dd: &DataDir) -> Result<Option<String>, ApplianceError> {
+    let mut signs = Vec::new();
+    let tenants = dd.root().join("tenants");
+    match std::fs::read_dir(&tenants) {
+        Ok(entries) => match entries.count() {
+            0 => {}
+            1 => signs.push("a tenant directory".into()),
+            n => signs.push(format!("{n} tenant directories")),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(&tenants)(e)),
+    }
+    let checkpoint = dd.appliance_dir().join("ledger").join("checkpoint");
+    match std::fs::read_to_string(&checkpoint) {
+        Ok(text) => match bulwark_ledger::note::SignedCheckpoint::parse_unverified(&text) {
+            Ok((_, head)) if head.size == 0 => {}
+            Ok((_, head)) => signs.push(format!("an appliance ledger of {} entries", head.size)),
+            Err(_) => signs.push("an appliance ledger checkpoint that does not parse".into()),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(&checkpoint)(e)),
+    }
+    Ok((!signs.is_empty()).then(|| signs.join(", ")))
+}
+
 /// Who acts on the appliance ledger through the CLI: the operator role, no subject until the TLS API
 /// authenticates callers.
 fn operator_actor() -> Actor {
@@ -560,6 +601,10 @@ impl Appliance {
         profile_choice: Option<&str>,
         danger_dev_unbound_executable: bool,
     ) -> Result<(Self, RecoverySecret), ApplianceError> {
+        // Finishing removes the appliance ledger an unfinished init left: only where nothing was recorded.
+        if let Some(signs) = signs_of_use(&dd)? {
+            return Err(ApplianceError::ApplianceKeyLost { dir: dd.root().to_path_buf(), signs });
+        }
         let (_, config) = dd.load_config()?;
         let mismatch = |what: String| ApplianceError::UnfinishedMismatch { dir: dd.root().to_path_buf(), what };
         if let Some(choice) = profile_choice {
@@ -690,6 +735,11 @@ impl Appliance {
 
     /// The appliance's sealed signing key, from `D/appliance/key.sealed`.
     fn load_appliance_key(&self) -> Result<SealedObject, ApplianceError> {
+        if !self.dd.appliance_dir().join(KEY_SEALED).exists()
+            && let Some(signs) = signs_of_use(&self.dd)?
+        {
+            return Err(ApplianceError::ApplianceKeyLost { dir: self.dd.root().to_path_buf(), signs });
+        }
         self.load_appliance_sealed(KEY_SEALED)
     }
 
@@ -795,7 +845,9 @@ impl Appliance {
     /// Opens a provisioned appliance: loads config and profile, opens the TPM and runs the runtime
     /// measurement stage (first run in a TPM boot cycle measures, later runs verify).
     pub fn open(dd: DataDir, tpm_choice: &str) -> Result<Self, ApplianceError> {
-        if dd.is_initialised()? && !dd.appliance_dir().join(KEY_SEALED).exists() {
+        // Without its appliance key, a data dir that was never in use is a half-finished `init`; one
+        // that was in use still opens for its tenants (what needs the key says it is lost).
+        if dd.is_initialised()? && !dd.appliance_dir().join(KEY_SEALED).exists() && signs_of_use(&dd)?.is_none() {
             return Err(ApplianceError::Unfinished(dd.root().to_path_buf()));
         }
         Self::open_unchecked(dd, tpm_choice)
