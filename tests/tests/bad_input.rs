@@ -134,7 +134,7 @@ fn corrupted_sealed_blob_or_vault_file_is_named() {
         env.get(&t.id, "k").fails_with(&["kek.sealed", "corrupt"]);
     }
     std::fs::remove_file(&sealed).expect("remove");
-    env.get(&t.id, "k").fails_with(&["kek.sealed"]);
+    env.get(&t.id, "k").fails_with(&["kek.sealed", "is missing", "restore the tenant's directory from a backup"]);
     std::fs::write(&sealed, &good_sealed).expect("restore");
     env.assert_get(&t.id, "k", b"kept");
 

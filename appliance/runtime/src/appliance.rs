@@ -143,6 +143,18 @@ pub enum ApplianceError {
     /// The recovery secret text is malformed.
     #[error("a recovery secret is 64 hex digits (dashes and spaces are ignored)")]
     BadRecoverySecret,
+    /// The registry lists the tenant, but its sealed KEK file is not there.
+    #[error(
+        "tenant {tenant}'s sealed key {} is missing: restore the tenant's directory from a backup of the data \
+         dir (the key is sealed in that file only; its recovery secret opens the same file)",
+        path.display()
+    )]
+    SealedMissing {
+        /// The tenant.
+        tenant: TenantId,
+        /// The file.
+        path: std::path::PathBuf,
+    },
     /// The tenant's sealed KEK is damaged or not a sealed object of this TPM.
     #[error("tenant {tenant}'s sealed key {path} is corrupt or was not sealed by this TPM")]
     SealedCorrupt {
@@ -1040,7 +1052,10 @@ impl Appliance {
 
     fn load_sealed(&self, id: TenantId) -> Result<SealedObject, ApplianceError> {
         let path = self.dd.tenant_dir(&id).join("kek.sealed");
-        let bytes = std::fs::read(&path).map_err(io(&path))?;
+        let bytes = std::fs::read(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => ApplianceError::SealedMissing { tenant: id, path: path.clone() },
+            _ => io(&path)(e),
+        })?;
         SealedObject::from_bytes(&bytes).map_err(|source| ApplianceError::SealedCorrupt {
             tenant: id,
             path: path.display().to_string(),
