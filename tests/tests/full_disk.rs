@@ -1,6 +1,7 @@
-//! A data dir on a full file system: each command that runs out of space fails with an error that says
-//! so and what became of its operation, loses nothing, and once space is freed every later command
-//! works and the tenant's ledger verifies offline.
+//! File systems that fail under the data dir. On a full one, each command that runs out of space fails
+//! with an error that says so and what became of its operation, loses nothing, and once space is freed
+//! every later command works and the tenant's ledger verifies offline. A tenant deletion whose files
+//! cannot be removed (a read-only directory) says that the deletion itself is final and how to finish.
 //!
 //! The data dir is a small tmpfs mounted for the test (root only; as another user the test says it
 //! skipped). The swtpm keeps its state elsewhere, so the TPM never runs out of space here. Each step
@@ -64,6 +65,29 @@ impl Tmpfs {
 impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// A directory made read-only in place (a read-only bind mount over itself) for the length of a test.
+struct ReadOnly(PathBuf);
+
+impl ReadOnly {
+    /// `None` if this process is not root; a root process that cannot mount fails the test.
+    fn over(dir: &Path) -> Option<Self> {
+        if std::fs::metadata("/proc/self").expect("/proc/self").uid() != 0 {
+            return None;
+        }
+        for args in [&["--bind"][..], &["-o", "remount,ro,bind"][..]] {
+            let status = Command::new("mount").args(args).arg(dir).arg(dir).status().expect("run mount");
+            assert!(status.success(), "mount {args:?} {} failed: {status}", dir.display());
+        }
+        Some(ReadOnly(dir.to_path_buf()))
+    }
+}
+
+impl Drop for ReadOnly {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
     }
 }
 
@@ -201,4 +225,31 @@ fn a_full_disk_fails_commands_clearly_and_loses_nothing() {
     let mut c = Command::new(verify_bin());
     c.arg(&bundle).arg("--key").arg(&key).args(["--tenant", &legal.id]);
     run_cmd(c, None).ok();
+}
+
+#[test]
+fn a_delete_that_cannot_remove_the_files_says_the_key_is_shredded_and_finishes_when_run_again() {
+    let env = Env::new();
+    env.init();
+    let t = env.create_tenant("legal");
+    env.put(&t.id, "k", b"gone soon");
+    let tenants = env.data_dir().join("tenants");
+    let Some(read_only) = ReadOnly::over(&tenants) else {
+        eprintln!("skipped: only root can make the tenants directory read-only for this test");
+        return;
+    };
+    // The liveness bit is set first (final), then the files cannot go.
+    env.run(&["tenant", "delete", "--tenant", &t.id]).fails_with(&[
+        "key is shredded in the TPM",
+        "could not all be removed",
+        &format!("bulwark tenant delete --tenant {}", t.id),
+        "Read-only file system",
+    ]);
+    drop(read_only);
+    assert!(env.tenant_dir(&t.id).is_dir(), "the files were removed after all");
+    env.get(&t.id, "k").fails_with(&["was deleted"]);
+    // Run again, as the error says: the rest goes.
+    env.run(&["tenant", "delete", "--tenant", &t.id]).ok();
+    assert!(!env.tenant_dir(&t.id).exists());
+    assert!(listed(&env).is_empty(), "the deleted tenant is still listed");
 }

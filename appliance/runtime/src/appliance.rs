@@ -143,6 +143,19 @@ pub enum ApplianceError {
     /// The recovery secret text is malformed.
     #[error("a recovery secret is 64 hex digits (dashes and spaces are ignored)")]
     BadRecoverySecret,
+    /// A tenant's key was shredded (its liveness bit set: final), but its files or its registry entry
+    /// could not be removed.
+    #[error(
+        "tenant {tenant}'s key is shredded in the TPM, so its data can never be read again, but its files could \
+         not all be removed; run `bulwark tenant delete --tenant {tenant}` again to remove them"
+    )]
+    DeleteUnfinished {
+        /// The tenant.
+        tenant: TenantId,
+        /// Why the files stayed.
+        #[source]
+        source: Box<ApplianceError>,
+    },
     /// The registry lists the tenant, but its sealed KEK file is not there.
     #[error(
         "tenant {tenant}'s sealed key {} is missing: restore the tenant's directory from a backup of the data \
@@ -1131,11 +1144,14 @@ impl Appliance {
 
     fn shred(&mut self, id: TenantId, registry: &Registry, record: &TenantRecord) -> Result<(), ApplianceError> {
         self.machine.tpm.liveness_kill(liveness_of(record.slot)?)?;
+        // From here the deletion is final; what fails now only leaves files behind.
+        let unfinished =
+            |source: ApplianceError| ApplianceError::DeleteUnfinished { tenant: id, source: Box::new(source) };
         let dir = self.dd.tenant_dir(&id);
         if dir.exists() {
-            std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
+            std::fs::remove_dir_all(&dir).map_err(|e| unfinished(io(&dir)(e)))?;
         }
-        registry.remove(id)?;
+        registry.remove(id).map_err(|e| unfinished(e.into()))?;
         Ok(())
     }
 
