@@ -157,6 +157,7 @@ impl Swtpm {
                 "--ctrl",
                 &format!("type=tcp,port={ctrl},bindaddr=127.0.0.1"),
             ],
+            Lifetime::UntilKilled,
         )?;
         // From here on, an error drops `me`, which kills and reaps the child.
         let mut me = Swtpm { child, port, state_dir };
@@ -289,9 +290,17 @@ impl PrivateSwtpm {
         std::fs::set_permissions(&state_dir, std::fs::Permissions::from_mode(0o700)).map_err(dir_error)?;
         let socket = state_dir.join(SWTPM_SOCKET);
         match std::fs::symlink_metadata(&socket) {
-            // A socket that accepts a connection has a live swtpm behind it: leave it alone.
+            // A socket that accepts a connection has a live swtpm behind it. The caller holds the data
+            // dir's swtpm lock, so no running bulwark process uses it: a bulwark process that was killed
+            // left it (one started before its swtpm died with it, see `spawn_swtpm`). Stop it and start
+            // afresh; one this process started itself is left alone.
             Ok(m) if m.file_type().is_socket() && std::os::unix::net::UnixStream::connect(&socket).is_ok() => {
-                return Err(SwtpmError::InUse(socket));
+                stop_left_over(&state_dir, &socket)?;
+                // A swtpm stopped by SIGTERM removes its socket itself; one that needed SIGKILL does not.
+                match std::fs::remove_file(&socket) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(dir_error(e)),
+                    _ => {}
+                }
             }
             // Left behind by a swtpm that was killed: nothing listens on it any more.
             Ok(m) if m.file_type().is_socket() => std::fs::remove_file(&socket).map_err(dir_error)?,
@@ -302,7 +311,8 @@ impl PrivateSwtpm {
             Err(e) => return Err(dir_error(e)),
         }
         // The socket path is relative to the state dir (swtpm's working dir), so its length never matters.
-        let child = spawn_swtpm(&state_dir, &["--server", &format!("type=unixio,path={SWTPM_SOCKET},mode=0600")])?;
+        let channel = format!("type=unixio,path={SWTPM_SOCKET},mode=0600");
+        let child = spawn_swtpm(&state_dir, &["--server", &channel], Lifetime::DiesWithThisThread)?;
         let mut me = PrivateSwtpm { child, state_dir };
         me.wait_listening(&socket)?;
         Ok(me)
@@ -363,13 +373,64 @@ impl Drop for PrivateSwtpm {
     }
 }
 
+/// Whether a swtpm outlives the process that started it if that process is killed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Lifetime {
+    /// It gets SIGTERM when the thread that started it ends, the process killed included
+    /// (PR_SET_PDEATHSIG), so a killed bulwark command never leaves its data dir's swtpm running. The
+    /// thread that starts it must outlive it.
+    DiesWithThisThread,
+    /// It runs until it is killed by PID (the TCP swtpm of tests and benches).
+    UntilKilled,
+}
+
+/// Stops a swtpm that still runs on `state_dir` (its working dir) and listens on `socket`, left by a
+/// bulwark process that was killed: SIGTERM, then SIGKILL if it does not go. A swtpm this process
+/// started is [`SwtpmError::InUse`], as is one that cannot be found or stopped.
+fn stop_left_over(state_dir: &Path, socket: &Path) -> Result<(), SwtpmError> {
+    let in_use = || SwtpmError::InUse(socket.to_path_buf());
+    let pid = swtpm_on(state_dir).ok_or_else(in_use)?;
+    if parent_of(pid) == Some(std::process::id()) {
+        return Err(in_use());
+    }
+    for signal in [libc::SIGTERM, libc::SIGKILL] {
+        // SAFETY: kill only sends a signal; `pid` names a swtpm process working in our state dir.
+        unsafe { libc::kill(pid, signal) };
+        let sent = Instant::now();
+        while sent.elapsed() < Duration::from_secs(2) {
+            if std::os::unix::net::UnixStream::connect(socket).is_err() {
+                return Ok(());
+            }
+            sleep(Duration::from_millis(5));
+        }
+    }
+    Err(in_use())
+}
+
+/// The pid of a process named swtpm whose working dir is `state_dir`, if one runs.
+fn swtpm_on(state_dir: &Path) -> Option<libc::pid_t> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
+        let pid: libc::pid_t = entry.file_name().to_str()?.parse().ok()?;
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+        let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok()?;
+        (comm.trim_end() == "swtpm" && cwd == state_dir).then_some(pid)
+    })
+}
+
+/// The parent pid of `pid` (field 4 of `/proc/<pid>/stat`, after the parenthesised command name).
+fn parent_of(pid: libc::pid_t) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// Spawns `swtpm socket --tpm2` on the absolute `state_dir` (also its working dir) with the channel
-/// arguments `channels`, usable at once (`not-need-init,startup-clear`), its output discarded.
+/// arguments `channels`, usable at once (`not-need-init,startup-clear`), its output discarded, living
+/// as `lifetime` says.
 ///
 /// The child inherits no other descriptor of ours: the TSS opens its TCTI sockets without close-on-exec,
 /// so a swtpm started while another thread held a TPM connection would otherwise keep that socket open
 /// for as long as it runs.
-fn spawn_swtpm(state_dir: &Path, channels: &[&str]) -> Result<Child, SwtpmError> {
+fn spawn_swtpm(state_dir: &Path, channels: &[&str], lifetime: Lifetime) -> Result<Child, SwtpmError> {
     use std::os::unix::process::CommandExt;
     let mut command = Command::new("swtpm");
     command
@@ -385,9 +446,25 @@ fn spawn_swtpm(state_dir: &Path, channels: &[&str]) -> Result<Child, SwtpmError>
     // SAFETY: sysconf has no preconditions.
     let open_max = unsafe { libc::sysconf(libc::_SC_OPEN_MAX) };
     let open_max = libc::c_int::try_from(open_max).unwrap_or(libc::c_int::MAX).max(3);
+    let parent = std::process::id();
     // SAFETY: the hook runs in the forked child before exec and only makes async-signal-safe system
-    // calls (close_range, fcntl) on its own descriptor table; it allocates nothing and touches no lock.
-    unsafe { command.pre_exec(move || close_on_exec_above_stderr(open_max)) };
+    // calls (close_range, fcntl, prctl, getppid) on its own process; it allocates nothing and touches no
+    // lock.
+    unsafe {
+        command.pre_exec(move || {
+            close_on_exec_above_stderr(open_max)?;
+            if lifetime == Lifetime::DiesWithThisThread {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                // The parent may have died before the request was made: then nobody would signal us.
+                if u32::try_from(libc::getppid()).ok() != Some(parent) {
+                    return Err(io::Error::other("the process starting swtpm has ended"));
+                }
+            }
+            Ok(())
+        })
+    };
     command
         .spawn()
         .map_err(|e| if e.kind() == io::ErrorKind::NotFound { SwtpmError::NotInstalled } else { SwtpmError::Spawn(e) })
@@ -617,6 +694,60 @@ mod tests {
         drop(tpm);
         drop(sw);
         assert!(!socket.exists());
+    }
+
+    #[test]
+    fn a_private_swtpm_ends_with_the_thread_that_started_it() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("state");
+        // As when the bulwark process is killed: nothing drops (kills) it, the starting thread just ends.
+        let (pid, socket) = std::thread::spawn({
+            let dir = dir.clone();
+            move || {
+                let sw = PrivateSwtpm::start(&dir).unwrap();
+                let out = (sw.pid(), sw.state_dir().join(SWTPM_SOCKET));
+                std::mem::forget(sw);
+                out
+            }
+        })
+        .join()
+        .unwrap();
+        let gone = Instant::now();
+        while std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+            assert!(gone.elapsed() < Duration::from_secs(5), "swtpm {pid} still runs after its thread ended");
+            sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn a_private_swtpm_left_running_by_a_killed_process_is_stopped_and_replaced() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("state");
+        std::fs::create_dir_all(&dir).unwrap();
+        let dir = std::fs::canonicalize(&dir).unwrap();
+        // A swtpm whose parent (a shell) has exited, as a killed bulwark process would leave it.
+        let status = Command::new("sh")
+            .current_dir(&dir)
+            .args([
+                "-c",
+                "swtpm socket --tpm2 --tpmstate dir=\"$PWD\" --server type=unixio,path=data.sock,mode=0600 \
+                    --flags not-need-init,startup-clear >/dev/null 2>&1 &",
+            ])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let socket = dir.join(SWTPM_SOCKET);
+        let up = Instant::now();
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            assert!(up.elapsed() < Duration::from_secs(5), "the left-over swtpm never listened");
+            sleep(Duration::from_millis(5));
+        }
+        let left = swtpm_on(&dir).expect("the left-over swtpm is found by its working dir");
+        let sw = PrivateSwtpm::start(&dir).unwrap();
+        assert_ne!(i64::from(sw.pid()), i64::from(left));
+        assert!(swtpm_on(&dir).is_some_and(|p| i64::from(p) == i64::from(sw.pid())), "the left-over one still runs");
+        let tpm = crate::Tpm::open(&sw.spec()).unwrap();
+        tpm.clock_info().unwrap();
     }
 
     /// Held by the tests that make a descriptor without close-on-exec and by the one that marks every
