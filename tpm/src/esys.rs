@@ -39,6 +39,13 @@ const RH_PLATFORM: Tr = sys::ESYS_TR_RH_PLATFORM;
 /// TPM_RH_PLATFORM as a TPM handle (Part 2, 7.4), the `enable` operand of TPM2_HierarchyControl.
 const TPM_RH_PLATFORM: u32 = 0x4000_000C;
 
+/// TPM_CAP_HANDLES (Part 2, 6.12).
+const CAP_HANDLES: u32 = 0x0000_0001;
+/// What TPM2_GetCapability(TPM_CAP_HANDLES) lists from each of these (Part 2, 7.2 and 7.4): transient
+/// objects, loaded sessions (HMAC and policy), saved sessions.
+const TRANSIENT_FIRST: u32 = 0x8000_0000;
+const LOADED_SESSION_FIRST: u32 = 0x0200_0000;
+const SAVED_SESSION_FIRST: u32 = 0x0300_0000;
 /// TPM_CAP_TPM_PROPERTIES (Part 2, 6.12).
 const CAP_TPM_PROPERTIES: u32 = 0x0000_0006;
 /// TPM_PT_PERMANENT (Part 2, 6.13: PT_VAR + 0), answered as TPMA_PERMANENT.
@@ -295,6 +302,48 @@ impl Esys {
             }
         }
         first
+    }
+
+    /// Flushes every transient object and session loaded in the TPM, whoever loaded them (found with
+    /// TPM2_GetCapability(TPM_CAP_HANDLES)); returns how many went. Only for a TPM that no other client
+    /// uses at the same time and that has no resource manager: there, anything loaded when an operation
+    /// begins was left by a process that died before it could flush.
+    pub(crate) fn flush_left_over(&mut self) -> R<usize> {
+        let mut handles = std::collections::BTreeSet::new();
+        for first in [TRANSIENT_FIRST, LOADED_SESSION_FIRST, SAVED_SESSION_FIRST] {
+            handles.extend(self.loaded_handles(first)?);
+        }
+        for &handle in &handles {
+            let mut tr: Tr = NONE;
+            // SAFETY: `ctx` is valid; `tr` is a valid out-pointer.
+            let rc = unsafe { sys::Esys_TR_FromTPMPublic(self.ctx, handle, NONE, NONE, NONE, &mut tr) };
+            check("TPM2_ReadPublic", rc)?;
+            // SAFETY: `ctx` is valid; `tr` was created on this context just now.
+            check("TPM2_FlushContext", unsafe { sys::Esys_FlushContext(self.ctx, tr) })?;
+        }
+        Ok(handles.len())
+    }
+
+    /// The handles loaded in the TPM of the type `first` starts (TPM2_GetCapability(TPM_CAP_HANDLES)),
+    /// up to the few a TPM holds at once.
+    fn loaded_handles(&mut self, first: u32) -> R<Vec<u32>> {
+        const CMD: &str = "TPM2_GetCapability";
+        let mut more: sys::TPMI_YES_NO = 0;
+        let mut data: Out<sys::TPMS_CAPABILITY_DATA> = Out::new();
+        // SAFETY: `ctx` is valid; `more` is a writable byte; the out-slot is freed by `Out`.
+        let rc = unsafe {
+            sys::Esys_GetCapability(self.ctx, NONE, NONE, NONE, CAP_HANDLES, first, 64, &mut more, data.slot())
+        };
+        check(CMD, rc)?;
+        let data = data.read(CMD)?;
+        if data.capability != CAP_HANDLES {
+            return Err(EsysError { cmd: CMD, rc: TpmRc(ESYS_GENERAL_FAILURE) });
+        }
+        // SAFETY: the capability tag says the union holds `handles` (ESAPI unmarshals the member the tag
+        // selects); every member is plain integers, so reading it is defined in any case.
+        let list = unsafe { data.data.handles };
+        let count = usize::try_from(list.count).unwrap_or(usize::MAX).min(list.handle.len());
+        Ok(list.handle[..count].to_vec())
     }
 
     /// Flushes one transient object or session.

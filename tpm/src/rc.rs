@@ -38,6 +38,10 @@ pub(crate) mod codes {
     pub const FAILURE: u32 = 0x101;
     pub const NV_UNINITIALIZED: u32 = 0x14A;
     pub const SENSITIVE: u32 = 0x155;
+    pub const OBJECT_MEMORY: u32 = 0x902;
+    pub const SESSION_MEMORY: u32 = 0x903;
+    pub const SESSION_HANDLES: u32 = 0x905;
+    pub const OBJECT_HANDLES: u32 = 0x906;
 }
 
 impl TpmRc {

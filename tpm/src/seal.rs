@@ -567,6 +567,35 @@ mod tests {
     }
 
     #[test]
+    fn objects_a_dead_client_left_in_a_tpm_without_resource_manager_are_flushed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (sw, tpm) = start(dir.path());
+        let obj = seal_current(&tpm, &[4, 7]);
+        // Another client fills swtpm's three object slots and a session slot, and exits without flushing
+        // (as a process killed mid-operation would).
+        let tool = |args: &[&str]| {
+            let out = std::process::Command::new(args[0])
+                .args(&args[1..])
+                .current_dir(dir.path())
+                .env("TPM2TOOLS_TCTI", sw.tcti())
+                .env("TSS2_LOG", "all+NONE")
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        for ctx in ["a.ctx", "b.ctx", "c.ctx"] {
+            tool(&["tpm2_createprimary", "-C", "n", "-c", ctx]);
+        }
+        tool(&["tpm2_startauthsession", "-S", "s.ctx"]);
+        assert_eq!(tool(&["tpm2_getcap", "handles-transient"]).lines().count(), 3);
+        // The unseal needs an object slot: what was left is flushed, and the unseal runs again.
+        assert_eq!(tpm.unseal(&obj, UnsealAuth::MeasuredState).unwrap().expose_secret(), SECRET);
+        assert_eq!(tool(&["tpm2_getcap", "handles-transient"]).trim(), "");
+        assert_eq!(tool(&["tpm2_getcap", "handles-loaded-session"]).trim(), "");
+    }
+
+    #[test]
     fn pcr_changed_mid_sequence_is_retried_then_bounded() {
         let dir = tempfile::tempdir().unwrap();
         let (_sw, tpm) = start(dir.path());

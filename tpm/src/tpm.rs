@@ -561,6 +561,20 @@ impl Op<'_> {
     }
 }
 
+/// Whether `e` is the TPM saying it has no room for another object or session.
+fn is_out_of_room(e: &TpmError) -> bool {
+    match e {
+        TpmError::Command { rc, .. } => {
+            rc.is_from_tpm()
+                && matches!(
+                    rc.base(),
+                    codes::OBJECT_MEMORY | codes::SESSION_MEMORY | codes::SESSION_HANDLES | codes::OBJECT_HANDLES
+                )
+        }
+        _ => false,
+    }
+}
+
 /// A handle of a liveness or slot claim index (bulwark's bits indices).
 fn is_liveness_handle(h: u32) -> bool {
     (LIVENESS_NV_BASE..=CLAIM_NV_BASE + 0xFF).contains(&h)
@@ -746,7 +760,7 @@ impl Tpm {
         hierarchy: crate::esys::Tr,
         from: &[u8],
         to: &[u8],
-        mismatch: impl FnOnce(TpmRc) -> TpmError,
+        mismatch: impl Fn(TpmRc) -> TpmError,
     ) -> Result<(), TpmError> {
         self.op(|op| {
             op.esys.tr_set_auth(hierarchy, from).map_err(|e| op.err(e))?;
@@ -778,7 +792,7 @@ impl Tpm {
     /// Runs one logical operation: takes the mutex and the cross-process lock, connects if needed,
     /// runs `f`, flushes every transient object and session `f` created (also on error), and — for
     /// endpoints that serve one client at a time — disconnects before releasing the lock.
-    pub(crate) fn op<T>(&self, f: impl FnOnce(&mut Op<'_>) -> Result<T, TpmError>) -> Result<T, TpmError> {
+    pub(crate) fn op<T>(&self, mut f: impl FnMut(&mut Op<'_>) -> Result<T, TpmError>) -> Result<T, TpmError> {
         let mut guard = match self.state.lock() {
             Ok(g) => g,
             Err(poisoned) => {
@@ -816,7 +830,22 @@ impl Tpm {
             spec: &self.spec,
             encrypt: self.encrypt,
         };
-        let result = f(&mut op);
+        let mut result = f(&mut op);
+        if result.as_ref().is_err_and(is_out_of_room) && !self.spec.has_resource_manager() {
+            // The operation holds this TPM for itself (the cross-process lock), so what fills it was left
+            // by a bulwark process that died mid-operation: flush that and run the operation once more.
+            let _ = op.esys.flush_all();
+            match op.esys.flush_left_over() {
+                Ok(n) if n > 0 => {
+                    tracing::warn!(tpm = %self.spec, flushed = n, "flushed objects and sessions an interrupted process left in the TPM");
+                    result = f(&mut op);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(tpm = %self.spec, error = %esys_error(&self.spec, e), "could not flush what fills the TPM")
+                }
+            }
+        }
         if conn.owner_auth_set {
             // Best effort: a broken connection is dropped below, and ESAPI's copy with it.
             let _ = conn.esys.tr_set_auth(crate::esys::RH_OWNER, &[]);
