@@ -460,3 +460,39 @@ fn a_registry_restored_from_an_older_copy_never_hands_out_a_slot_twice() {
     env.assert_get(&d.id, "k", b"d's");
     env.assert_get(&a.id, "k", b"kept");
 }
+
+#[test]
+fn what_a_killed_tenant_creation_left_is_removed_by_the_next_one_and_nothing_else() {
+    let env = Env::new();
+    env.init();
+    let a = env.create_tenant("a");
+    env.put(&a.id, "k", b"kept");
+    let tenants = env.data_dir().join("tenants");
+    let copy_dir = |from: &std::path::Path, to: &std::path::Path| {
+        let status = std::process::Command::new("cp").arg("-a").arg(from).arg(to).status().expect("cp");
+        assert!(status.success());
+    };
+    // What a creation killed before the registry listed its tenant leaves: the tenant's directory and
+    // its creation marker.
+    let killed = "0123456789abcdef0123456789abcdef";
+    copy_dir(&env.tenant_dir(&a.id), &tenants.join(killed));
+    std::fs::write(tenants.join(format!(".creating-{killed}")), b"").expect("marker");
+    // A directory the registry does not list, without a marker (an older registry restored, say): kept.
+    let unlisted = "fedcba9876543210fedcba9876543210";
+    copy_dir(&env.tenant_dir(&a.id), &tenants.join(unlisted));
+    // A marker left by a creation that finished (killed after the registry listed it): only it goes.
+    std::fs::write(tenants.join(format!(".creating-{}", a.id)), b"").expect("marker");
+
+    let b = env.create_tenant("b");
+    let mut left: Vec<String> = std::fs::read_dir(&tenants)
+        .expect("tenants")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    let mut expected = vec![a.id.clone(), b.id.clone(), unlisted.to_string()];
+    expected.sort();
+    assert_eq!(left, expected);
+    env.assert_get(&a.id, "k", b"kept");
+    env.put(&b.id, "k", b"b's");
+    env.assert_get(&b.id, "k", b"b's");
+}

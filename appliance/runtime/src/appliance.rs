@@ -475,7 +475,8 @@ fn signs_of_use(dd: &DataDir) -> Result<Option<String>, ApplianceError> {
     let mut signs = Vec::new();
     let tenants = dd.root().join("tenants");
     match std::fs::read_dir(&tenants) {
-        Ok(entries) => match entries.count() {
+        // Tenant directories, not creation markers (`.creating-<id>`).
+        Ok(entries) => match entries.flatten().filter(|e| !e.file_name().to_string_lossy().starts_with('.')).count() {
             0 => {}
             1 => signs.push("a tenant directory".into()),
             n => signs.push(format!("{n} tenant directories")),
@@ -494,6 +495,14 @@ fn signs_of_use(dd: &DataDir) -> Result<Option<String>, ApplianceError> {
         Err(e) => return Err(io(&checkpoint)(e)),
     }
     Ok((!signs.is_empty()).then(|| signs.join(", ")))
+}
+
+/// Creates the empty file `path` and makes its name durable (the file and its directory synced), in
+/// place: a temporary name that a kill could leave behind would not be recognised as a marker.
+fn create_durable_marker(path: &std::path::Path) -> std::io::Result<()> {
+    std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(path)?.sync_all()?;
+    let dir = path.parent().ok_or_else(|| std::io::Error::other("a marker path has a directory"))?;
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// Who acts on the appliance ledger through the CLI: the operator role, no subject until the TLS API
@@ -979,6 +988,7 @@ impl Appliance {
         if registry.list()?.iter().any(|t| t.name == name) {
             return Err(RegistryError::NameTaken(name.to_string()).into());
         }
+        self.sweep_unfinished_creations(&registry);
         let id = TenantId::random()?;
         let seed = SignerSeed::generate()?;
         let signer = LedgerSigner::tenant(id, &seed)?;
@@ -1026,8 +1036,10 @@ impl Appliance {
             && e.kind() != std::io::ErrorKind::NotFound
         {
             tracing::warn!(tenant = %id, dir = %dir.display(), error = %e, "the failed tenant's directory could \
-                not be removed; nothing refers to it and it may be deleted");
+                not be removed; the next tenant creation removes it");
+            return;
         }
+        let _ = std::fs::remove_file(self.creating_marker(id));
     }
 
     fn create_tenant_files(
@@ -1043,6 +1055,8 @@ impl Appliance {
         let kek = SecretKey::random();
         let recovery = RecoverySecret::random();
         let sealed = self.machine.tpm.seal(kek.expose_secret(), &policy, &recovery.auth_value(id)[..])?;
+        let marker = self.creating_marker(id);
+        create_durable_marker(&marker).map_err(io(&marker))?;
         let dir = self.dd.tenant_dir(&id);
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         let sealed_path = dir.join("kek.sealed");
@@ -1052,10 +1066,58 @@ impl Appliance {
         vault.put_secret(SIGNING_SEED, &seed_key)?;
         Gate::create(&dir.join("ledger"), signer, self.runtime_state()?)?.close()?;
         let record = TenantRecord { id, name: name.to_string(), created_unix: now_unix(), slot };
-        // The registry entry comes last: a crash before it leaves an orphan dir (a failure returned
-        // before it is undone by `abandon_tenant`), never a listed tenant without a sealed key.
+        // The registry entry comes last: a crash before it leaves a directory that the next creation
+        // removes (its marker says so; a failure returned before it is undone by `abandon_tenant`), never
+        // a listed tenant without a sealed key.
         registry.insert(&record)?;
+        if let Err(e) = std::fs::remove_file(&marker) {
+            // Harmless: the next creation finds the tenant listed and removes only the marker.
+            tracing::warn!(tenant = %id, marker = %marker.display(), error = %e, "could not remove the creation marker");
+        }
         Ok(CreatedTenant { record, recovery })
+    }
+
+    /// `tenants/.creating-<id>`: written before a tenant's directory, removed once the registry lists the
+    /// tenant. One left behind marks what a creation that was killed left; a directory without one is
+    /// never removed for being unlisted (the registry may have been restored from an older copy).
+    fn creating_marker(&self, id: TenantId) -> std::path::PathBuf {
+        self.dd.root().join("tenants").join(format!(".creating-{id}"))
+    }
+
+    /// Removes what tenant creations that were killed left: the directory of each tenant with a creation
+    /// marker that the registry does not list, and the markers. Called with the registry open for
+    /// writing, so no creation runs meanwhile. Best effort: what cannot be removed is logged and left
+    /// for the next creation.
+    fn sweep_unfinished_creations(&self, registry: &Registry) {
+        let tenants = self.dd.root().join("tenants");
+        let Ok(entries) = std::fs::read_dir(&tenants) else { return };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(id) = name.to_str().and_then(|n| n.strip_prefix(".creating-")).and_then(|n| n.parse().ok()) else {
+                continue;
+            };
+            match registry.get(id) {
+                Ok(_) => {}
+                Err(RegistryError::UnknownTenant(_)) => {
+                    let dir = self.dd.tenant_dir(&id);
+                    match std::fs::remove_dir_all(&dir) {
+                        Ok(()) => {
+                            tracing::warn!(tenant = %id, "removed what an interrupted creation of this tenant left")
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => {
+                            tracing::warn!(tenant = %id, dir = %dir.display(), error = %e, "could not remove what an interrupted creation left");
+                            continue;
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(tenant = %id, error = %e, "cannot tell whether an interrupted creation left this tenant");
+                    continue;
+                }
+            }
+            let _ = std::fs::remove_file(entry.path());
+        }
     }
 
     /// Every tenant (no unsealing).
