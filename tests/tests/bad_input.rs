@@ -496,3 +496,31 @@ fn what_a_killed_tenant_creation_left_is_removed_by_the_next_one_and_nothing_els
     env.put(&b.id, "k", b"b's");
     env.assert_get(&b.id, "k", b"b's");
 }
+
+#[test]
+fn a_damaged_tenant_ledger_is_named_with_what_to_do_and_the_vault_is_untouched() {
+    let env = Env::new();
+    env.init();
+    let t = env.create_tenant("legal");
+    env.put(&t.id, "k", b"kept");
+    let ledger = env.tenant_dir(&t.id).join("ledger");
+    for file in ["checkpoint", "LEDGER", "key.pub.pem"] {
+        let path = ledger.join(file);
+        let good = std::fs::read(&path).expect("ledger file");
+        let mut bad = good.clone();
+        let mid = bad.len() / 2;
+        bad[mid] ^= 0x20;
+        std::fs::write(&path, &bad).expect("write");
+        let vault_file = env.tenant_dir(&t.id).join("vault.redb");
+        let vault = std::fs::read(&vault_file).expect("vault");
+        env.get(&t.id, "k").fails_with(&[
+            &format!("the ledger in {}", ledger.display()),
+            "damaged or was altered",
+            "restore that directory",
+        ]);
+        env.run_stdin(&["vault", "put", "--tenant", &t.id, "k"], b"new").fails_with(&["damaged or was altered"]);
+        assert!(std::fs::read(&vault_file).expect("vault") == vault, "a refused command changed the vault");
+        std::fs::write(&path, &good).expect("restore");
+        env.assert_get(&t.id, "k", b"kept");
+    }
+}

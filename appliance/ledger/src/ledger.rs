@@ -83,7 +83,7 @@ pub enum LedgerError {
         what: String,
     },
     /// A checkpoint failed to parse, verify or sign.
-    #[error("checkpoint {path}")]
+    #[error("the checkpoint in ledger file {path}")]
     Checkpoint {
         /// File relative to the ledger directory.
         path: String,

@@ -185,6 +185,19 @@ pub enum ApplianceError {
     /// The ledger refused: nothing was done (the OAR could not be made durable) or the ledger is damaged.
     #[error(transparent)]
     Ledger(#[from] LedgerError),
+    /// A ledger's files are damaged or were altered: no operation can be attested in it.
+    #[error(
+        "the ledger in {} is damaged or was altered, so nothing can be attested there and no operation runs; \
+         restore that directory from a backup of the data dir (the vault beside it is separate)",
+        dir.display()
+    )]
+    LedgerDamaged {
+        /// The ledger directory.
+        dir: std::path::PathBuf,
+        /// What does not hold.
+        #[source]
+        source: LedgerError,
+    },
     /// The operation was attested and carried out, but the ledger could not take its outcome.
     #[error(
         "{op} was carried out, but the ledger could not record its outcome; the ledger records the operation \
@@ -495,6 +508,23 @@ fn signs_of_use(dd: &DataDir) -> Result<Option<String>, ApplianceError> {
         Err(e) => return Err(io(&checkpoint)(e)),
     }
     Ok((!signs.is_empty()).then(|| signs.join(", ")))
+}
+
+/// Opens the gate of the ledger in `dir`. A ledger whose files contradict themselves, their key or their
+/// owner is [`ApplianceError::LedgerDamaged`]; other failures (busy, I/O) are passed on as they are.
+fn open_gate(dir: &std::path::Path, signer: LedgerSigner, state: RuntimeState) -> Result<Gate, ApplianceError> {
+    Gate::open(dir, signer, state).map_err(|e| match e {
+        LedgerError::NotALedger(_)
+        | LedgerError::WrongScope { .. }
+        | LedgerError::WrongKey
+        | LedgerError::Corrupt { .. }
+        | LedgerError::Checkpoint { .. }
+        | LedgerError::Tile(_)
+        | LedgerError::Entry { .. }
+        | LedgerError::Merkle(_)
+        | LedgerError::Key(_) => ApplianceError::LedgerDamaged { dir: dir.to_path_buf(), source: e },
+        e => e.into(),
+    })
 }
 
 /// Creates the empty file `path` and makes its name durable (the file and its directory synced), in
@@ -872,7 +902,7 @@ impl Appliance {
         raw.copy_from_slice(secret.expose_secret());
         let seed = SignerSeed::from_bytes(&mut raw);
         let dir = self.dd.appliance_dir().join("ledger");
-        let gate = Gate::open(&dir, LedgerSigner::appliance(aid, &seed)?, self.runtime_state()?)?;
+        let gate = open_gate(&dir, LedgerSigner::appliance(aid, &seed)?, self.runtime_state()?)?;
         Ok(ApplianceLedger { dir, gate })
     }
 
@@ -1186,7 +1216,7 @@ impl Appliance {
         let mut raw = Zeroizing::new(*vault.get_secret(SIGNING_SEED)?.expose_secret());
         let seed = SignerSeed::from_bytes(&mut raw);
         let ledger_dir = dir.join("ledger");
-        let gate = Gate::open(&ledger_dir, LedgerSigner::tenant(id, &seed)?, self.runtime_state()?)?;
+        let gate = open_gate(&ledger_dir, LedgerSigner::tenant(id, &seed)?, self.runtime_state()?)?;
         Ok(UnlockedTenant { record, vault, gate, ledger_dir })
     }
 
