@@ -61,7 +61,8 @@ pub struct ExportSummary {
 
 /// Write an auditor bundle to `out_dir` (created; must be absent or empty): the tenant ledger at
 /// `ledger_dir` under `tenant/`, the appliance ledger at `appliance_ledger_dir` under `appliance/`, each
-/// with its public key (which must be the key the ledger was created with), and `BUNDLE` last.
+/// with its public key (which must be the key the ledger was created with), and `BUNDLE` last. An export
+/// that fails leaves `out_dir` as it found it (absent, or empty).
 pub fn export_bundle(
     ledger_dir: &Path,
     appliance_ledger_dir: &Path,
@@ -69,10 +70,41 @@ pub fn export_bundle(
     appliance_key: &LedgerPublicKey,
     out_dir: &Path,
 ) -> Result<ExportSummary, ExportError> {
-    if out_dir.exists() && fs::read_dir(out_dir).map_err(io_err(out_dir))?.next().is_some() {
+    let existed = out_dir.exists();
+    if existed && fs::read_dir(out_dir).map_err(io_err(out_dir))?.next().is_some() {
         return Err(ExportError::NotEmpty(out_dir.to_path_buf()));
     }
     fs::create_dir_all(out_dir).map_err(io_err(out_dir))?;
+    let written = write_bundle(ledger_dir, appliance_ledger_dir, tenant_key, appliance_key, out_dir);
+    if written.is_err() {
+        // A bundle that stopped half way (a full disk, say) is no bundle: leave the output as it was
+        // found, so nobody hands it to an auditor and the export can simply be run again.
+        remove_partial(out_dir, existed);
+    }
+    written
+}
+
+/// Removes what a failed export wrote: `out_dir` itself if the export created it, else what it wrote
+/// into it. Best effort (the export's own error is the one reported).
+fn remove_partial(out_dir: &Path, existed: bool) {
+    if !existed {
+        let _ = fs::remove_dir_all(out_dir);
+        return;
+    }
+    for name in ["tenant", "appliance"] {
+        let _ = fs::remove_dir_all(out_dir.join(name));
+    }
+    let _ = fs::remove_file(out_dir.join("BUNDLE"));
+}
+
+/// [`export_bundle`] into the empty directory `out_dir`.
+fn write_bundle(
+    ledger_dir: &Path,
+    appliance_ledger_dir: &Path,
+    tenant_key: &LedgerPublicKey,
+    appliance_key: &LedgerPublicKey,
+    out_dir: &Path,
+) -> Result<ExportSummary, ExportError> {
     let (tscope, tenant) = export_ledger(ledger_dir, tenant_key, &out_dir.join("tenant"))?;
     if !matches!(tscope, LedgerScope::Tenant(_)) {
         return Err(ExportError::Source { path: ledger_dir.to_path_buf(), what: "not a tenant ledger".into() });
@@ -209,4 +241,29 @@ fn copy_tile(dir: &Path, out: &Path, level: u8, n: u64, width: usize, entries: b
         fs::create_dir_all(parent).map_err(io_err(parent))?;
     }
     fs::write(&p, bytes).map_err(io_err(&p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::world;
+
+    #[test]
+    fn a_failed_export_leaves_its_output_as_it_found_it() {
+        let w = world(2);
+        let out = tempfile::tempdir().unwrap();
+        // The appliance ledger is read after the tenant's is written: make it fail there.
+        let not_a_ledger = out.path().join("not-a-ledger");
+        fs::create_dir_all(&not_a_ledger).unwrap();
+        let fresh = out.path().join("bundle");
+        assert!(export_bundle(&w.tenant_dir, &not_a_ledger, &w.tenant_key, &w.appliance_key, &fresh).is_err());
+        assert!(!fresh.exists(), "a failed export left {}", fresh.display());
+        let empty = out.path().join("empty");
+        fs::create_dir_all(&empty).unwrap();
+        assert!(export_bundle(&w.tenant_dir, &not_a_ledger, &w.tenant_key, &w.appliance_key, &empty).is_err());
+        assert_eq!(fs::read_dir(&empty).unwrap().count(), 0, "a failed export left files in a directory it was given");
+        // Run again with what it needs: it writes the bundle where the failed one was.
+        export_bundle(&w.tenant_dir, &w.appliance_dir, &w.tenant_key, &w.appliance_key, &fresh).unwrap();
+        assert!(fresh.join("BUNDLE").is_file());
+    }
 }
