@@ -79,7 +79,7 @@ pub enum EventLogError {
     #[error("event log is empty")]
     Empty,
     /// The input is larger than [`MAX_LOG_SIZE`].
-    #[error("event log is {len} bytes, above the {max}-byte cap")]
+    #[error("event log is over the {max}-byte cap ({len} bytes or more)")]
     LogTooLarge {
         /// Its length.
         len: usize,

@@ -33,5 +33,16 @@ pub mod pcr;
 pub mod profile;
 pub mod runtime;
 
+/// Reads the file at `path`, but never more than `max` + 1 bytes, so that a caller can refuse an
+/// oversized input without reading it all: a device or pipe named as the file (`/dev/zero`) would
+/// otherwise be read until memory runs out. A result longer than `max` means the input is over the cap.
+pub fn read_at_most(path: &std::path::Path, max: usize) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let limit = u64::try_from(max).unwrap_or(u64::MAX).saturating_add(1);
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?.take(limit).read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
 pub use alg::HashAlg;
 pub use pcr::PcrIndex;

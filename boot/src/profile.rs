@@ -50,7 +50,7 @@ pub enum ProfileError {
         source: std::io::Error,
     },
     /// The file is larger than [`MAX_PROFILE_SIZE`].
-    #[error("hardware profile is {len} bytes, above the {max}-byte cap")]
+    #[error("hardware profile is over the {max}-byte cap ({len} bytes or more)")]
     TooLarge {
         /// Its size.
         len: usize,
@@ -247,12 +247,8 @@ impl HwProfile {
     /// Reads, parses and validates the profile file at `path`.
     pub fn load(path: &Path) -> Result<Self, ProfileError> {
         let read_err = |source| ProfileError::Read { path: path.to_path_buf(), source };
-        let meta = std::fs::metadata(path).map_err(read_err)?;
-        let len = usize::try_from(meta.len()).unwrap_or(usize::MAX);
-        if len > MAX_PROFILE_SIZE {
-            return Err(ProfileError::TooLarge { len, max: MAX_PROFILE_SIZE });
-        }
-        let bytes = std::fs::read(path).map_err(read_err)?;
+        // `from_bytes` refuses what is over the cap.
+        let bytes = crate::read_at_most(path, MAX_PROFILE_SIZE).map_err(read_err)?;
         Self::from_bytes(&bytes)
     }
 

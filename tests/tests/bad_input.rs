@@ -524,3 +524,31 @@ fn a_damaged_tenant_ledger_is_named_with_what_to_do_and_the_vault_is_untouched()
         env.assert_get(&t.id, "k", b"kept");
     }
 }
+
+#[test]
+fn an_endless_input_file_is_refused_at_its_cap_not_read_forever() {
+    // A device named where a file is expected: without a cap on what is read, each of these would read
+    // until memory runs out.
+    let mut c = bulwark();
+    c.args(["boot", "eventlog", "/dev/zero"]);
+    run_cmd(c, None).fails_with(&["event log is over the", "cap"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut c = bulwark();
+    c.arg("--data-dir").arg(dir.path().join("data")).args([
+        "--tpm",
+        "swtpm:host=127.0.0.1,port=1",
+        "init",
+        "--profile",
+        "/dev/zero",
+    ]);
+    run_cmd(c, None).fails_with(&["hardware profile is over the", "cap"]);
+    assert!(!dir.path().join("data").exists(), "a refused init made the data dir");
+    let mut c = std::process::Command::new(bulwark_tests::verify_bin());
+    c.args(["--key", "/dev/zero"]).arg(dir.path());
+    let run = run_cmd(c, None);
+    assert!(
+        !run.status.success() && run.stderr.contains("tenant key /dev/zero is over 1048576 bytes"),
+        "{}",
+        run.stderr
+    );
+}

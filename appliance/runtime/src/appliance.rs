@@ -597,9 +597,11 @@ impl HierarchyAuths {
 pub fn resolve_profile(choice: &str) -> Result<(HwProfile, Vec<u8>), ApplianceError> {
     let bytes = match bulwark_boot::profile::embedded(choice) {
         Some(text) => text.as_bytes().to_vec(),
-        None => std::fs::read(choice).map_err(|e| {
-            ApplianceError::Profile(format!("{choice:?} is neither an embedded profile nor a readable file: {e}"))
-        })?,
+        // `from_bytes` refuses what is over the cap.
+        None => bulwark_boot::read_at_most(std::path::Path::new(choice), bulwark_boot::profile::MAX_PROFILE_SIZE)
+            .map_err(|e| {
+                ApplianceError::Profile(format!("{choice:?} is neither an embedded profile nor a readable file: {e}"))
+            })?,
     };
     let profile = HwProfile::from_bytes(&bytes).map_err(|e| ApplianceError::Profile(e.to_string()))?;
     Ok((profile, bytes))

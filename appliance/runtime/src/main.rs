@@ -110,7 +110,8 @@ fn run(cli: Cli) -> Fallible {
     let json = cli.json;
     match cli.command {
         Command::Boot(BootCmd::Eventlog { file }) => {
-            let bytes = std::fs::read(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+            let bytes = bulwark_boot::read_at_most(&file, bulwark_boot::eventlog::MAX_LOG_SIZE)
+                .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
             let log = bulwark_boot::eventlog::parse(&bytes)?;
             let replay = bulwark_boot::eventlog::pcr_values_json(&log.replay()?);
             if json {

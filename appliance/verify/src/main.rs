@@ -9,7 +9,7 @@
 //! printed with its file, entry index and what failed), 2 when the command line or a key file is bad.
 
 use std::io::IsTerminal as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use bulwark_ledger::audit::{AuditOptions, AuditReport, Progress, verify_bundle};
@@ -58,8 +58,26 @@ impl Progress for Bar {
     }
 }
 
-fn read_key(path: &PathBuf, what: &str) -> Result<LedgerPublicKey, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {what} {}: {e}", path.display()))?;
+/// The text of the small file at `path` (a key, a checkpoint or a receipt), never reading more than
+/// [`MAX_INPUT`] + 1 bytes (a device named as the file would otherwise be read forever).
+fn read_small_text(path: &Path, what: &str) -> Result<String, String> {
+    use std::io::Read as _;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_INPUT as u64 + 1).read_to_end(&mut bytes))
+        .map_err(|e| format!("cannot read {what} {}: {e}", path.display()))?;
+    if bytes.len() > MAX_INPUT {
+        return Err(format!("{what} {} is over {MAX_INPUT} bytes, so it is not one", path.display()));
+    }
+    String::from_utf8(bytes).map_err(|_| format!("{what} {} is not text", path.display()))
+}
+
+/// The largest key, checkpoint or receipt file read (an ML-DSA-65 public key in PEM is under 3 KiB, a
+/// receipt with its proof under 16 KiB).
+const MAX_INPUT: usize = 1 << 20;
+
+fn read_key(path: &Path, what: &str) -> Result<LedgerPublicKey, String> {
+    let text = read_small_text(path, what)?;
     LedgerPublicKey::from_spki_pem(&text).map_err(|e| format!("{what} {}: {e}", path.display()))
 }
 
@@ -93,7 +111,7 @@ fn main() -> ExitCode {
         let appliance_key = args.appliance_key.as_ref().map(|p| read_key(p, "appliance key")).transpose()?;
         let mut known = Vec::new();
         for p in &args.known {
-            known.push(std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?);
+            known.push(read_small_text(p, "known checkpoint or receipt")?);
         }
         Ok(AuditOptions { tenant_key, appliance_key, tenant: args.tenant, allow_pending: args.allow_pending, known })
     };
