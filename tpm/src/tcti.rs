@@ -77,23 +77,26 @@ impl TctiSpec {
         TctiSpec::Swtpm { host: "127.0.0.1".into(), port }
     }
 
+    /// Whether a resource manager stands between bulwark and the TPM (the kernel's `/dev/tpmrm*`), so
+    /// that what a process loads goes with its connection.
+    pub(crate) fn has_resource_manager(&self) -> bool {
+        match self {
+            TctiSpec::Device { path } => {
+                path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("tpmrm"))
+            }
+            TctiSpec::SwtpmSocket { .. } | TctiSpec::Swtpm { .. } => false,
+        }
+    }
+
     /// Whether a connection may stay open between operations: the kernel resource manager (`tpmrm*`)
     /// multiplexes its clients, and a [`TctiSpec::SwtpmSocket`] swtpm has a single user, the process
     /// that started it for its data dir (which holds that dir's swtpm lock), so holding its one
     /// connection slot shuts nobody out, and saves starting a relay per operation. A TCP swtpm serves
     /// one connection at a time to whoever shares it, and `tpm*` allows one opener, so those are
     /// connected per operation.
-    /// Whether a resource manager stands between bulwark and the TPM (the kernel's `/dev/tpmrm*`), so
-    /// that what a process loads goes with its connection.
-    pub(crate) fn has_resource_manager(&self) -> bool {
-        matches!(self, TctiSpec::Device { path } if path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("tpmrm")))
-    }
-
     pub(crate) fn keeps_connection(&self) -> bool {
         match self {
-            TctiSpec::Device { path } => {
-                path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("tpmrm"))
-            }
+            TctiSpec::Device { .. } => self.has_resource_manager(),
             TctiSpec::SwtpmSocket { .. } => true,
             TctiSpec::Swtpm { .. } => false,
         }

@@ -1108,12 +1108,12 @@ fn decode_envelope(bytes: &[u8]) -> Result<EnvelopeRef<'_>, VaultError> {
     decode_exactly(bytes)
 }
 
-/// A stored value read in place, all of it: trailing bytes are refused like malformed ones.
 /// `value` in postcard (which cannot fail for the vault's fixed-shape envelopes).
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, VaultError> {
     postcard::to_stdvec(value).map_err(|e| VaultError::Corrupt(Box::new(e)))
 }
 
+/// A stored value read in place, all of it: trailing bytes are refused like malformed ones.
 fn decode_exactly<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, VaultError> {
     let (value, rest): (T, &[u8]) =
         postcard::take_from_bytes(bytes).map_err(|_| VaultError::Integrity("stored record is malformed".into()))?;
