@@ -327,18 +327,7 @@ impl Esys {
     /// The handles loaded in the TPM of the type `first` starts (TPM2_GetCapability(TPM_CAP_HANDLES)),
     /// up to the few a TPM holds at once.
     fn loaded_handles(&mut self, first: u32) -> R<Vec<u32>> {
-        const CMD: &str = "TPM2_GetCapability";
-        let mut more: sys::TPMI_YES_NO = 0;
-        let mut data: Out<sys::TPMS_CAPABILITY_DATA> = Out::new();
-        // SAFETY: `ctx` is valid; `more` is a writable byte; the out-slot is freed by `Out`.
-        let rc = unsafe {
-            sys::Esys_GetCapability(self.ctx, NONE, NONE, NONE, CAP_HANDLES, first, 64, &mut more, data.slot())
-        };
-        check(CMD, rc)?;
-        let data = data.read(CMD)?;
-        if data.capability != CAP_HANDLES {
-            return Err(EsysError { cmd: CMD, rc: TpmRc(ESYS_GENERAL_FAILURE) });
-        }
+        let data = self.capability(CAP_HANDLES, first, 64)?;
         // SAFETY: the capability tag says the union holds `handles` (ESAPI unmarshals the member the tag
         // selects); every member is plain integers, so reading it is defined in any case.
         let list = unsafe { data.data.handles };
@@ -742,21 +731,28 @@ impl Esys {
         self.variable_property(PT_STARTUP_CLEAR)
     }
 
-    /// One TPM property of the PT_VAR group (Part 2, 6.13) by TPM2_GetCapability(TPM_CAP_TPM_PROPERTIES).
-    fn variable_property(&mut self, property: u32) -> R<u32> {
+    /// TPM2_GetCapability of up to `count` items of `capability` from `property` on, checked to be
+    /// of the capability asked for (the first reply; what `moreData` says is left out).
+    fn capability(&mut self, capability: u32, property: u32, count: u32) -> R<sys::TPMS_CAPABILITY_DATA> {
         const CMD: &str = "TPM2_GetCapability";
         let mut more: sys::TPMI_YES_NO = 0;
         let mut data: Out<sys::TPMS_CAPABILITY_DATA> = Out::new();
         // SAFETY: `ctx` is valid; `more` is a writable byte; the out-slot is freed by `Out`.
         let rc = unsafe {
-            sys::Esys_GetCapability(self.ctx, NONE, NONE, NONE, CAP_TPM_PROPERTIES, property, 1, &mut more, data.slot())
+            sys::Esys_GetCapability(self.ctx, NONE, NONE, NONE, capability, property, count, &mut more, data.slot())
         };
         check(CMD, rc)?;
         let data = data.read(CMD)?;
-        let malformed = EsysError { cmd: CMD, rc: TpmRc(ESYS_GENERAL_FAILURE) };
-        if data.capability != CAP_TPM_PROPERTIES {
-            return Err(malformed);
+        if data.capability != capability {
+            return Err(EsysError { cmd: CMD, rc: TpmRc(ESYS_GENERAL_FAILURE) });
         }
+        Ok(data)
+    }
+
+    /// One TPM property of the PT_VAR group (Part 2, 6.13) by TPM2_GetCapability(TPM_CAP_TPM_PROPERTIES).
+    fn variable_property(&mut self, property: u32) -> R<u32> {
+        let data = self.capability(CAP_TPM_PROPERTIES, property, 1)?;
+        let malformed = EsysError { cmd: "TPM2_GetCapability", rc: TpmRc(ESYS_GENERAL_FAILURE) };
         // SAFETY: the capability tag says the union holds `tpmProperties` (ESAPI unmarshals the member
         // the tag selects); every member is plain integers, so reading it is defined in any case.
         let props = unsafe { data.data.tpmProperties };

@@ -75,7 +75,24 @@ pub fn export_bundle(
         return Err(ExportError::NotEmpty(out_dir.to_path_buf()));
     }
     fs::create_dir_all(out_dir).map_err(io_err(out_dir))?;
-    let written = write_bundle(ledger_dir, appliance_ledger_dir, tenant_key, appliance_key, out_dir);
+    // Everything the bundle holds, into the empty `out_dir`.
+    let written = (|| -> Result<ExportSummary, ExportError> {
+        let (tscope, tenant) = export_ledger(ledger_dir, tenant_key, &out_dir.join("tenant"))?;
+        if !matches!(tscope, LedgerScope::Tenant(_)) {
+            return Err(ExportError::Source { path: ledger_dir.to_path_buf(), what: "not a tenant ledger".into() });
+        }
+        let (ascope, appliance) = export_ledger(appliance_ledger_dir, appliance_key, &out_dir.join("appliance"))?;
+        if !matches!(ascope, LedgerScope::Appliance(_)) {
+            return Err(ExportError::Source {
+                path: appliance_ledger_dir.to_path_buf(),
+                what: "not the appliance ledger".into(),
+            });
+        }
+        let manifest = format!("{BUNDLE_MARKER}\ntenant {}\nappliance {}\n", tscope.origin(), ascope.origin());
+        let p = out_dir.join("BUNDLE");
+        crate::fsutil::write_durable(&p, manifest.as_bytes()).map_err(io_err(&p))?;
+        Ok(ExportSummary { tenant, appliance })
+    })();
     if written.is_err() {
         // A bundle that stopped half way (a full disk, say) is no bundle: leave the output as it was
         // found, so nobody hands it to an auditor and the export can simply be run again.
@@ -95,31 +112,6 @@ fn remove_partial(out_dir: &Path, existed: bool) {
         let _ = fs::remove_dir_all(out_dir.join(name));
     }
     let _ = fs::remove_file(out_dir.join("BUNDLE"));
-}
-
-/// [`export_bundle`] into the empty directory `out_dir`.
-fn write_bundle(
-    ledger_dir: &Path,
-    appliance_ledger_dir: &Path,
-    tenant_key: &LedgerPublicKey,
-    appliance_key: &LedgerPublicKey,
-    out_dir: &Path,
-) -> Result<ExportSummary, ExportError> {
-    let (tscope, tenant) = export_ledger(ledger_dir, tenant_key, &out_dir.join("tenant"))?;
-    if !matches!(tscope, LedgerScope::Tenant(_)) {
-        return Err(ExportError::Source { path: ledger_dir.to_path_buf(), what: "not a tenant ledger".into() });
-    }
-    let (ascope, appliance) = export_ledger(appliance_ledger_dir, appliance_key, &out_dir.join("appliance"))?;
-    if !matches!(ascope, LedgerScope::Appliance(_)) {
-        return Err(ExportError::Source {
-            path: appliance_ledger_dir.to_path_buf(),
-            what: "not the appliance ledger".into(),
-        });
-    }
-    let manifest = format!("{BUNDLE_MARKER}\ntenant {}\nappliance {}\n", tscope.origin(), ascope.origin());
-    let p = out_dir.join("BUNDLE");
-    crate::fsutil::write_durable(&p, manifest.as_bytes()).map_err(io_err(&p))?;
-    Ok(ExportSummary { tenant, appliance })
 }
 
 /// Copy one ledger's snapshot into `out` (which must not exist).
