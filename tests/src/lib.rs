@@ -669,6 +669,13 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// Whether the tests run as root (the owner of `/proc/self`), which some need for mounts and for
+/// running a command as another user.
+pub fn running_as_root() -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata("/proc/self").expect("/proc/self").uid() == 0
+}
+
 /// The exact bytes of every file under `dir`, keyed by path relative to `dir`.
 pub fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     files_under(dir)

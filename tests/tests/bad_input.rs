@@ -390,7 +390,7 @@ fn a_recovery_secret_that_stdout_cannot_take_is_reported_lost_with_what_to_do() 
 
 #[test]
 fn a_data_dir_this_user_cannot_use_is_named_before_the_tpm_is_touched() {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::os::unix::fs::PermissionsExt;
     let env = Env::new();
     env.init();
     let t = env.create_tenant("legal");
@@ -399,7 +399,7 @@ fn a_data_dir_this_user_cannot_use_is_named_before_the_tpm_is_touched() {
     let before = snapshot(&data);
     // As root, run bulwark as an unprivileged user (from a copy of the binary that user may run); as
     // anyone else, take our own access to the data dir away for the length of the runs.
-    let root = std::fs::metadata("/proc/self").expect("/proc/self").uid() == 0;
+    let root = bulwark_tests::running_as_root();
     let bin_dir = tempfile::tempdir().expect("tempdir");
     std::fs::set_permissions(bin_dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let bin = bin_dir.path().join("bulwark");

@@ -11,7 +11,6 @@
 
 use std::collections::BTreeSet;
 use std::io::Write;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -24,7 +23,7 @@ impl Tmpfs {
     /// Mounts a tmpfs of `size` (as `mount -o size=` takes it) at `at`; `None` if this process is not
     /// root. A root process that cannot mount fails the test.
     fn mount(at: &Path, size: &str) -> Option<Self> {
-        if std::fs::metadata("/proc/self").expect("/proc/self").uid() != 0 {
+        if !bulwark_tests::running_as_root() {
             return None;
         }
         std::fs::create_dir_all(at).expect("mount point");
@@ -74,7 +73,7 @@ struct ReadOnly(PathBuf);
 impl ReadOnly {
     /// `None` if this process is not root; a root process that cannot mount fails the test.
     fn over(dir: &Path) -> Option<Self> {
-        if std::fs::metadata("/proc/self").expect("/proc/self").uid() != 0 {
+        if !bulwark_tests::running_as_root() {
             return None;
         }
         for args in [&["--bind"][..], &["-o", "remount,ro,bind"][..]] {
