@@ -63,3 +63,28 @@ fn concurrent_puts_to_one_tenant_all_land() {
     assert!((0..SAME).any(|i| text == format!("shared write {i}")), "shared holds {text:?}");
     env.run(&["vault", "verify", "--tenant", &t.id]).ok();
 }
+
+#[test]
+fn concurrent_inits_of_one_data_dir_make_one_appliance() {
+    // Before the init lock, racing inits saw each other's half-written dir ("profile.toml: No such
+    // file"), or failed on the TPM authorization the winner had just set (TPM_RC_BAD_AUTH).
+    let env = Env::new();
+    const INITS: usize = 6;
+    let children: Vec<_> = (0..INITS).map(|_| env.spawn(&["init", "--json"], None)).collect();
+    let mut secrets = Vec::new();
+    for (what, child) in children {
+        let run = finish(what, child);
+        if run.status.success() {
+            secrets.push(run.json()["appliance_recovery_secret"].as_str().expect("secret").to_string());
+        } else {
+            run.fails_with(&["is already initialised"]);
+        }
+    }
+    assert_eq!(secrets.len(), 1, "exactly one init makes the appliance");
+    // The secret that init showed is the one that opens the appliance key.
+    let resealed = env.run_stdin(&["appliance", "reseal", "--recovery-secret-file", "-", "--json"], secrets[0].as_bytes());
+    assert_eq!(resealed.ok().json()["resealed"], "appliance");
+    let t = env.create_tenant("legal");
+    env.put(&t.id, "k", b"v");
+    env.assert_get(&t.id, "k", b"v");
+}

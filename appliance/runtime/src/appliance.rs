@@ -607,6 +607,33 @@ pub fn resolve_profile(choice: &str) -> Result<(HwProfile, Vec<u8>), ApplianceEr
     Ok((profile, bytes))
 }
 
+/// The config and profile bytes of a new appliance, from `init`'s choices (the profile defaults to the one
+/// for the TPM `tpm_choice` reaches).
+fn fresh_config(
+    tpm_choice: &str,
+    profile_choice: Option<&str>,
+    danger_dev_unbound_executable: bool,
+) -> Result<(ApplianceConfig, Vec<u8>), ApplianceError> {
+    let default = if tpm_choice.starts_with("device:")
+        || (tpm_choice == "auto" && std::path::Path::new(crate::machine::TPM_DEVICE).exists())
+    {
+        "generic-x86-tpm2"
+    } else {
+        "dev-swtpm"
+    };
+    let (profile, bytes) = resolve_profile(profile_choice.unwrap_or(default))?;
+    if danger_dev_unbound_executable && !matches!(profile.tpm(), TpmExpectation::Swtpm) {
+        return Err(ApplianceError::DevModeNeedsSwtpm(profile.id().to_string()));
+    }
+    let config = ApplianceConfig {
+        layout_version: LAYOUT_VERSION,
+        profile: profile.id().to_string(),
+        appliance_id: ApplianceId::random()?.to_string(),
+        danger_dev_unbound_executable,
+    };
+    Ok((config, bytes))
+}
+
 impl Appliance {
     /// Provisions data dir `dd`: writes config and profile, creates the SRK, measures the runtime.
     /// Returns the appliance and the appliance key's one-time recovery secret.
@@ -616,32 +643,26 @@ impl Appliance {
         profile_choice: Option<&str>,
         danger_dev_unbound_executable: bool,
     ) -> Result<(Self, RecoverySecret), ApplianceError> {
-        // A data dir that cannot be one, or that this user cannot use, is refused before the TPM is touched.
+        // A data dir that cannot be one, or that this user cannot use, is refused before the TPM is touched,
+        // and so is a bad choice of profile for a new one.
+        let fresh = match dd.is_initialised()? {
+            true => None,
+            false => Some(fresh_config(tpm_choice, profile_choice, danger_dev_unbound_executable)?),
+        };
+        // One init at a time: another one may have begun or finished while this one looked.
+        let _only_init = dd.lock_for_init()?;
         if dd.is_initialised()? {
             if dd.appliance_dir().join(KEY_SEALED).exists() {
                 return Err(DataDirError::AlreadyInitialised(dd.root().to_path_buf()).into());
             }
             return Self::finish_init(dd, tpm_choice, profile_choice, danger_dev_unbound_executable);
         }
-        let default = if tpm_choice.starts_with("device:")
-            || (tpm_choice == "auto" && std::path::Path::new(crate::machine::TPM_DEVICE).exists())
-        {
-            "generic-x86-tpm2"
-        } else {
-            "dev-swtpm"
+        let (config, bytes) = match fresh {
+            Some(fresh) => fresh,
+            None => fresh_config(tpm_choice, profile_choice, danger_dev_unbound_executable)?,
         };
-        let (profile, bytes) = resolve_profile(profile_choice.unwrap_or(default))?;
-        if danger_dev_unbound_executable && !matches!(profile.tpm(), TpmExpectation::Swtpm) {
-            return Err(ApplianceError::DevModeNeedsSwtpm(profile.id().to_string()));
-        }
-        let config = ApplianceConfig {
-            layout_version: LAYOUT_VERSION,
-            profile: profile.id().to_string(),
-            appliance_id: ApplianceId::random()?.to_string(),
-            danger_dev_unbound_executable,
-        };
-        // Reach the TPM and create the SRK before anything is written, so a failed init leaves nothing
-        // behind and can simply be run again.
+        // Reach the TPM and create the SRK before anything else is written, so a failed init leaves only the
+        // empty data dir and its init lock behind, and can simply be run again.
         {
             let machine = Machine::open(tpm_choice, &dd)?;
             // Ownership first: creating the SRK would otherwise fail on a taken owner hierarchy with a

@@ -6,6 +6,8 @@
 //! D/runtime-measurements.tcglog  runtime measurement log (replays to the runtime PCR)
 //! D/registry.redb           tenant registry: names, liveness slots, nothing secret
 //! D/swtpm/                  state of the managed swtpm (only with --tpm auto and no TPM device)
+//! D/init.lock               held by `init` while it runs (one init of a data dir at a time)
+//! D/swtpm.lock              held while a process uses the managed swtpm
 //! D/tenants/<id>/kek.sealed the tenant's KEK, sealed by the TPM
 //! D/tenants/<id>/vault.redb the tenant's records (and its signing seed, under its DEK)
 //! D/tenants/<id>/ledger/    the tenant's attestation ledger (tlog tiles, signed checkpoints)
@@ -18,14 +20,18 @@
 //! many records each vault holds and how large they are) is for the appliance's own user, and no file inside
 //! needs a mode of its own.
 
-use std::fs;
+use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 /// Version of the data-dir layout this build writes and reads.
 pub const LAYOUT_VERSION: u32 = 1;
+
+/// How long an `init` waits for another `init` of the same data dir to finish.
+pub const INIT_LOCK_WAIT: Duration = Duration::from_secs(120);
 
 /// What can go wrong with the data dir.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +42,12 @@ pub enum DataDirError {
     /// `init` was run already.
     #[error("{0} is already initialised")]
     AlreadyInitialised(PathBuf),
+    /// Another `init` of this data dir holds its init lock and did not finish within [`INIT_LOCK_WAIT`].
+    #[error(
+        "another `bulwark init` of {0} has been running for over {secs} s; wait until it ends, then run init again",
+        secs = INIT_LOCK_WAIT.as_secs()
+    )]
+    InitRunning(PathBuf),
     /// The data dir's path names something that is not a directory (a file, say).
     #[error("{0} exists and is not a directory; give --data-dir a directory, or a path that does not exist yet")]
     NotADirectory(PathBuf),
@@ -115,6 +127,24 @@ pub(crate) fn storage_io(e: impl Into<redb::Error>) -> Result<std::io::Error, re
     }
 }
 
+/// Opens the lock file at `path` (creating it if needed) and takes an exclusive `flock` on it, waiting up
+/// to `wait` while another process holds it: `Ok(None)` when the wait ran out. The lock lasts as long as
+/// the returned file stays open.
+pub(crate) fn lock_within(path: &Path, wait: Duration) -> std::io::Result<Option<File>> {
+    let f = OpenOptions::new().create(true).truncate(false).write(true).open(path)?;
+    let start = Instant::now();
+    loop {
+        match f.try_lock() {
+            Ok(()) => return Ok(Some(f)),
+            Err(fs::TryLockError::WouldBlock) if start.elapsed() < wait => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(fs::TryLockError::WouldBlock) => return Ok(None),
+            Err(fs::TryLockError::Error(e)) => return Err(e),
+        }
+    }
+}
+
 /// Writes `bytes` to `path` atomically and durably (temp file, fsync, rename, fsync of the directory): the
 /// ledger crate's implementation, so the whole appliance has one.
 pub use bulwark_ledger::fsutil::write_durable;
@@ -143,6 +173,10 @@ impl DataDir {
     /// `D/registry.redb`.
     pub fn registry_path(&self) -> PathBuf {
         self.root.join("registry.redb")
+    }
+    /// `D/init.lock`, held by `init` from its first write to its last.
+    pub fn init_lock_path(&self) -> PathBuf {
+        self.root.join("init.lock")
     }
     /// `D/swtpm`, the managed swtpm's state.
     pub fn swtpm_dir(&self) -> PathBuf {
@@ -201,6 +235,17 @@ impl DataDir {
             return Ok(false);
         }
         self.config_path().try_exists().map_err(|e| self.inaccessible(e))
+    }
+
+    /// Makes the data dir (as [`DataDir::make_private`]) and takes its init lock, waiting up to
+    /// [`INIT_LOCK_WAIT`] for another `init` to finish: two inits of one data dir run one after the other,
+    /// and the second finds what the first did. Held until the returned file is dropped.
+    pub fn lock_for_init(&self) -> Result<File, DataDirError> {
+        self.make_private()?;
+        let path = self.init_lock_path();
+        lock_within(&path, INIT_LOCK_WAIT)
+            .map_err(io_err(&path))?
+            .ok_or_else(|| DataDirError::InitRunning(self.root.clone()))
     }
 
     /// Writes the config and profile of a new appliance. Fails if one exists already.

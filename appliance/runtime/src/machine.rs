@@ -2,14 +2,14 @@
 //! data dir when there is no TPM device, and the runtime measurement stage that must pass before anything
 //! is unsealed.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bulwark_tpm::swtpm::{PrivateSwtpm, SwtpmError};
 use bulwark_tpm::{TctiSpec, Tpm, TpmError};
 
-use crate::datadir::DataDir;
+use crate::datadir::{DataDir, lock_within};
 
 /// The TPM device used in production.
 pub const TPM_DEVICE: &str = "/dev/tpmrm0";
@@ -61,28 +61,6 @@ impl std::fmt::Debug for Machine {
     }
 }
 
-fn lock_with_wait(path: &Path, wait: Duration) -> Result<File, MachineError> {
-    let f = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .map_err(|source| MachineError::Io { path: path.to_path_buf(), source })?;
-    let start = Instant::now();
-    loop {
-        match f.try_lock() {
-            Ok(()) => return Ok(f),
-            Err(std::fs::TryLockError::WouldBlock) if start.elapsed() < wait => {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            Err(std::fs::TryLockError::WouldBlock) => return Err(MachineError::Busy(path.to_path_buf())),
-            Err(std::fs::TryLockError::Error(source)) => {
-                return Err(MachineError::Io { path: path.to_path_buf(), source });
-            }
-        }
-    }
-}
-
 impl Machine {
     /// Opens the TPM named by `choice` for data dir `dd`. With `auto` and no TPM device, starts a swtpm on
     /// `D/swtpm` for the life of this value (one bulwark process at a time per data dir; others wait) and
@@ -94,7 +72,10 @@ impl Machine {
             } else {
                 // The swtpm's state lives in the data dir, so init needs it before it writes anything else.
                 dd.make_private().map_err(|e| MachineError::DataDir(Box::new(e)))?;
-                let lock = lock_with_wait(&dd.root().join("swtpm.lock"), SWTPM_LOCK_WAIT)?;
+                let path = dd.root().join("swtpm.lock");
+                let lock = lock_within(&path, SWTPM_LOCK_WAIT)
+                    .map_err(|source| MachineError::Io { path: path.clone(), source })?
+                    .ok_or(MachineError::Busy(path))?;
                 let sw = PrivateSwtpm::start(&dd.swtpm_dir()).map_err(MachineError::Swtpm)?;
                 (sw.spec(), Some(sw), Some(lock))
             }

@@ -51,7 +51,7 @@
 //! flips of a small vault); the operation itself had already finished or been refused by then.
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -562,23 +562,9 @@ fn lock_path(path: &Path) -> PathBuf {
 
 fn acquire_lock(path: &Path) -> Result<File, VaultError> {
     let lp = lock_path(path);
-    let f = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lp)
-        .map_err(|source| VaultError::Io { path: lp.clone(), source })?;
-    let start = Instant::now();
-    loop {
-        match f.try_lock() {
-            Ok(()) => return Ok(f),
-            Err(std::fs::TryLockError::WouldBlock) if start.elapsed() < LOCK_WAIT => {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            Err(std::fs::TryLockError::WouldBlock) => return Err(VaultError::Busy(path.to_path_buf())),
-            Err(std::fs::TryLockError::Error(source)) => return Err(VaultError::Io { path: lp, source }),
-        }
-    }
+    crate::datadir::lock_within(&lp, LOCK_WAIT)
+        .map_err(|source| VaultError::Io { path: lp, source })?
+        .ok_or_else(|| VaultError::Busy(path.to_path_buf()))
 }
 
 fn aad(label: &[u8], tenant: &TenantId, key: &str, version: u64) -> Vec<u8> {
@@ -1608,7 +1594,7 @@ mod tests {
         let (_d, p, t, kek) = fresh();
         let _held = Vault::create(&p, t, &kek).unwrap();
         // A lock attempt on an already-held lock from the same process on a new fd must fail fast here.
-        let f = OpenOptions::new().write(true).open(lock_path(&p)).unwrap();
+        let f = std::fs::OpenOptions::new().write(true).open(lock_path(&p)).unwrap();
         assert!(matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock)));
     }
 
