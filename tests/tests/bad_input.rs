@@ -552,3 +552,37 @@ fn an_endless_input_file_is_refused_at_its_cap_not_read_forever() {
         run.stderr
     );
 }
+
+#[test]
+fn an_export_into_the_data_dir_is_refused_and_records_nothing() {
+    // It used to be written: into a ledger's tile area it made every later command warn about each of its
+    // files, and in a tenant's directory it went when the tenant did.
+    let env = Env::new();
+    env.init();
+    let t = env.create_tenant("legal");
+    env.put(&t.id, "k", b"kept");
+    let d = env.data_dir();
+    let link = env.scratch().join("into-the-data-dir");
+    std::os::unix::fs::symlink(env.tenant_dir(&t.id), &link).expect("symlink");
+    let before = snapshot(&d);
+    for out in [
+        d.join("bundle"),
+        env.tenant_dir(&t.id).join("ledger/tile/bundle"),
+        link.join("bundle"),
+        env.scratch().join("not-yet/../data/tenants/bundle"),
+    ] {
+        let out_arg = out.to_str().expect("utf-8");
+        env.run(&["ledger", "export", "--tenant", &t.id, "--out", out_arg]).fails_with(&[
+            "is inside the data dir",
+            "outside it",
+            "nothing was exported",
+        ]);
+        assert!(!out.exists(), "{out_arg} was made");
+    }
+    assert!(!env.scratch().join("not-yet").exists());
+    // Not even the export's attestation was recorded.
+    assert_eq!(snapshot(&d), before);
+    let bundle = env.scratch().join("bundle");
+    env.run(&["ledger", "export", "--tenant", &t.id, "--out", bundle.to_str().expect("utf-8")]).ok();
+    assert!(bundle.join("BUNDLE").is_file());
+}

@@ -82,7 +82,8 @@ fn concurrent_inits_of_one_data_dir_make_one_appliance() {
     }
     assert_eq!(secrets.len(), 1, "exactly one init makes the appliance");
     // The secret that init showed is the one that opens the appliance key.
-    let resealed = env.run_stdin(&["appliance", "reseal", "--recovery-secret-file", "-", "--json"], secrets[0].as_bytes());
+    let resealed =
+        env.run_stdin(&["appliance", "reseal", "--recovery-secret-file", "-", "--json"], secrets[0].as_bytes());
     assert_eq!(resealed.ok().json()["resealed"], "appliance");
     let t = env.create_tenant("legal");
     env.put(&t.id, "k", b"v");

@@ -27,10 +27,12 @@ fn demo_runs_to_completion_with_a_managed_swtpm() {
     }
     assert!(out.contains("contains its plaintext: false"), "demo found plaintext on disk:\n{out}");
     assert!(out.contains("or its record key in the clear: false"), "demo found a record key on disk:\n{out}");
-    // It left its data dir, with the managed swtpm's state inside it, and no swtpm running for it.
+    // It left its data dir, with the managed swtpm's state inside it, the auditor bundle beside it, and no
+    // swtpm running for it.
     let demo_dirs: Vec<_> = std::fs::read_dir(dir.path()).expect("read_dir").flatten().collect();
     assert_eq!(demo_dirs.len(), 1, "one demo-<time> dir");
-    let state = demo_dirs[0].path().join("swtpm");
+    let state = demo_dirs[0].path().join("data/swtpm");
+    assert!(demo_dirs[0].path().join("audit-bundle-trading/BUNDLE").is_file(), "the bundle beside the data dir");
     assert!(state.is_dir());
     let needle = state.to_string_lossy().into_owned();
     let leaked: Vec<String> = std::fs::read_dir("/proc")

@@ -236,6 +236,17 @@ pub enum ApplianceError {
     /// Export of the auditor bundle failed.
     #[error(transparent)]
     Export(#[from] bulwark_ledger::ExportError),
+    /// An auditor bundle was to be written inside the data dir.
+    #[error(
+        "the bundle directory {out} is inside the data dir {dir}; write the bundle to a directory outside it (nothing \
+         was exported)"
+    )]
+    ExportIntoDataDir {
+        /// The bundle directory asked for.
+        out: std::path::PathBuf,
+        /// The data dir.
+        dir: std::path::PathBuf,
+    },
     /// Any other TPM failure.
     #[error(transparent)]
     Tpm(#[from] TpmError),
@@ -318,7 +329,7 @@ pub struct UnlockedTenant {
     // lock is still held, so the next process for this tenant never finds the ledger busy.
     gate: Gate,
     vault: Vault,
-    ledger_dir: std::path::PathBuf,
+    dd: DataDir,
 }
 
 /// Appends the outcome of the operation `token` attests: success with its result digest, or failure.
@@ -435,7 +446,16 @@ impl UnlockedTenant {
 
     /// Writes the auditor bundle for this tenant to `out`. The export is attested first; its outcome names
     /// the tenant ledger head being exported, and the bundle is that snapshot (it includes its own OAR).
+    /// The bundle goes outside the data dir: inside it, it would be the appliance's own files (and a
+    /// bundle in a ledger's directory would sit among its tiles, one in a tenant's directory would go
+    /// when the tenant does).
     pub fn export(&self, appliance: &ApplianceLedger, out: &std::path::Path) -> Result<(), ApplianceError> {
+        if self.dd.holds(out)? {
+            return Err(ApplianceError::ExportIntoDataDir {
+                out: out.to_path_buf(),
+                dir: self.dd.root().to_path_buf(),
+            });
+        }
         let token = self.gate.attest(OarDraft::new(cli_actor(), OpKind::Export, Target::None, Digest::None))?;
         let head = self.gate.head();
         let d = Digest::Public(Hash::of_parts(&[b"bulwark/export-head/v1", &head.size.to_be_bytes(), &head.root.0]));
@@ -444,7 +464,7 @@ impl UnlockedTenant {
         self.gate.sync_tiles()?;
         appliance.gate.sync_tiles()?;
         bulwark_ledger::export_bundle(
-            &self.ledger_dir,
+            &self.dd.tenant_dir(&self.record.id).join("ledger"),
             &appliance.dir,
             self.public_key(),
             appliance.gate.public_key(),
@@ -1238,9 +1258,8 @@ impl Appliance {
         let vault = if read_only { Vault::open_read_only(&path, id, &kek)? } else { Vault::open(&path, id, &kek)? };
         let mut raw = Zeroizing::new(*vault.get_secret(SIGNING_SEED)?.expose_secret());
         let seed = SignerSeed::from_bytes(&mut raw);
-        let ledger_dir = dir.join("ledger");
-        let gate = open_gate(&ledger_dir, LedgerSigner::tenant(id, &seed)?, self.runtime_state()?)?;
-        Ok(UnlockedTenant { record, vault, gate, ledger_dir })
+        let gate = open_gate(&dir.join("ledger"), LedgerSigner::tenant(id, &seed)?, self.runtime_state()?)?;
+        Ok(UnlockedTenant { record, vault, gate, dd: self.dd.clone() })
     }
 
     /// Deletes tenant `id` irreversibly: sets its TPM liveness bit first (after which no copy of its sealed

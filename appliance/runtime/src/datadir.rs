@@ -237,6 +237,42 @@ impl DataDir {
         self.config_path().try_exists().map_err(|e| self.inaccessible(e))
     }
 
+    /// Whether `path`, which need not exist yet, lies inside this data dir once symlinks are resolved: the
+    /// longest part of it that exists is resolved, and the rest (directories that would be made) is
+    /// applied to that, `..` included.
+    pub fn holds(&self, path: &Path) -> Result<bool, DataDirError> {
+        let root = match fs::canonicalize(&self.root) {
+            Ok(root) => root,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(io_err(&self.root)(e)),
+        };
+        let path = std::path::absolute(path).map_err(io_err(path))?;
+        let mut existing = path.as_path();
+        let mut rest = Vec::new();
+        let mut real = loop {
+            match fs::canonicalize(existing) {
+                Ok(real) => break real,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    // An absolute path ends at `/`, which exists.
+                    let Some(parent) = existing.parent() else { return Err(io_err(existing)(e)) };
+                    rest.extend(existing.components().next_back());
+                    existing = parent;
+                }
+                Err(e) => return Err(io_err(existing)(e)),
+            }
+        };
+        for part in rest.iter().rev() {
+            match part {
+                std::path::Component::ParentDir => {
+                    real.pop();
+                }
+                std::path::Component::Normal(name) => real.push(name),
+                _ => {}
+            }
+        }
+        Ok(real.starts_with(&root))
+    }
+
     /// Makes the data dir (as [`DataDir::make_private`]) and takes its init lock, waiting up to
     /// [`INIT_LOCK_WAIT`] for another `init` to finish: two inits of one data dir run one after the other,
     /// and the second finds what the first did. Held until the returned file is dropped.
@@ -317,6 +353,36 @@ mod tests {
         assert_eq!(back, cfg);
         assert!(!String::from_utf8(bytes).unwrap().contains("danger"));
         assert!(matches!(dd.initialise(&cfg, b"p"), Err(DataDirError::AlreadyInitialised(_))));
+    }
+
+    #[test]
+    fn holds_resolves_symlinks_and_dot_dots_of_paths_not_made_yet() {
+        let d = tempfile::tempdir().unwrap();
+        let dd = DataDir::new(&d.path().join("data")).unwrap();
+        // Nothing is inside a data dir that does not exist.
+        assert!(!dd.holds(&d.path().join("data/x")).unwrap());
+        fs::create_dir_all(dd.root().join("tenants/t/ledger")).unwrap();
+        let outside = d.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        std::os::unix::fs::symlink(dd.root().join("tenants"), outside.join("link")).unwrap();
+        for inside in [
+            dd.root().to_path_buf(),
+            dd.root().join("bundle"),
+            dd.root().join("tenants/t/ledger/new/deeper"),
+            outside.join("link/t/bundle"),
+            outside.join("missing/../../data/bundle"),
+            d.path().join("data/./tenants/../bundle"),
+        ] {
+            assert!(dd.holds(&inside).unwrap(), "{}", inside.display());
+        }
+        for beside in [
+            outside.join("bundle"),
+            d.path().join("data-bundle"),
+            dd.root().join("missing/../../bundle"),
+            dd.root().join("../outside/bundle"),
+        ] {
+            assert!(!dd.holds(&beside).unwrap(), "{}", beside.display());
+        }
     }
 
     #[test]

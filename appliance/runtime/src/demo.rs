@@ -16,7 +16,8 @@ fn step(n: u32, text: &str) {
     println!("\n[{n}] {text}");
 }
 
-/// Runs the walkthrough in a new directory `demo-<unix time>` under `parent`.
+/// Runs the walkthrough in a new directory `demo-<unix time>` under `parent`: its data dir is `data` there,
+/// and the auditor bundle it exports goes beside it.
 pub fn run(parent: &Path, tpm_choice: &str) -> Fallible {
     let stamp = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let root = parent.join(format!("demo-{stamp}"));
@@ -26,7 +27,7 @@ pub fn run(parent: &Path, tpm_choice: &str) -> Fallible {
         1,
         "Provision the appliance: choose the hardware profile, create the TPM storage root key, measure the runtime.",
     );
-    let dd = DataDir::new(&root)?;
+    let dd = DataDir::new(&root.join("data"))?;
     let (mut app, _appliance_recovery) = Appliance::init(dd.clone(), tpm_choice, None, false)?;
     let managed = app.machine_mut().is_managed_swtpm();
     println!(
@@ -126,6 +127,6 @@ pub fn run(parent: &Path, tpm_choice: &str) -> Fallible {
         bundle.display()
     );
 
-    println!("\nWalkthrough complete. Data dir left for inspection: {}", root.display());
+    println!("\nWalkthrough complete. Data dir left for inspection: {}", app.data_dir().root().display());
     Ok(())
 }
