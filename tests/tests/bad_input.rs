@@ -586,3 +586,23 @@ fn an_export_into_the_data_dir_is_refused_and_records_nothing() {
     env.run(&["ledger", "export", "--tenant", &t.id, "--out", bundle.to_str().expect("utf-8")]).ok();
     assert!(bundle.join("BUNDLE").is_file());
 }
+
+#[test]
+fn init_refuses_a_directory_in_use_for_something_else_and_leaves_it_as_it_was() {
+    // It used to take it: a shared directory like /tmp (mode 1777) became owner-only, its sticky bit gone,
+    // with the appliance's files among its own.
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    let d = env.data_dir();
+    std::fs::create_dir(&d).expect("mkdir");
+    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+    std::fs::write(d.join("notes.txt"), b"someone's notes").expect("write");
+    env.run(&["init"]).fails_with(&["holds files that are not Bulwark's", "\"notes.txt\"", "new or empty directory"]);
+    assert_eq!(std::fs::metadata(&d).expect("stat").permissions().mode() & 0o7777, 0o1777);
+    let names: Vec<_> = std::fs::read_dir(&d).expect("read_dir").flatten().map(|e| e.file_name()).collect();
+    assert_eq!(names, ["notes.txt"], "init wrote into the directory");
+    // Emptied, the same directory is taken, and made owner-only.
+    std::fs::remove_file(d.join("notes.txt")).expect("rm");
+    env.init();
+    assert_eq!(std::fs::metadata(&d).expect("stat").permissions().mode() & 0o7777, 0o700);
+}

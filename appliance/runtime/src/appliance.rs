@@ -664,10 +664,13 @@ impl Appliance {
         danger_dev_unbound_executable: bool,
     ) -> Result<(Self, RecoverySecret), ApplianceError> {
         // A data dir that cannot be one, or that this user cannot use, is refused before the TPM is touched,
-        // and so is a bad choice of profile for a new one.
+        // and so are a directory in use for something else and a bad choice of profile for a new one.
         let fresh = match dd.is_initialised()? {
             true => None,
-            false => Some(fresh_config(tpm_choice, profile_choice, danger_dev_unbound_executable)?),
+            false => {
+                dd.refuse_foreign_entries()?;
+                Some(fresh_config(tpm_choice, profile_choice, danger_dev_unbound_executable)?)
+            }
         };
         // One init at a time: another one may have begun or finished while this one looked.
         let _only_init = dd.lock_for_init()?;

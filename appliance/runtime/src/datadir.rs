@@ -30,6 +30,21 @@ use serde::{Deserialize, Serialize};
 /// Version of the data-dir layout this build writes and reads.
 pub const LAYOUT_VERSION: u32 = 1;
 
+/// The names Bulwark gives what it keeps at the top of a data dir, and `lost+found`, which a file system
+/// made for the data dir holds from the start.
+const OWN_NAMES: &[&str] = &[
+    "appliance.toml",
+    "profile.toml",
+    "registry.redb",
+    "init.lock",
+    "swtpm",
+    "swtpm.lock",
+    "tenants",
+    "appliance",
+    bulwark_boot::runtime::LOG_FILE_NAME,
+    "lost+found",
+];
+
 /// How long an `init` waits for another `init` of the same data dir to finish.
 pub const INIT_LOCK_WAIT: Duration = Duration::from_secs(120);
 
@@ -61,6 +76,17 @@ pub enum DataDirError {
         path: PathBuf,
         /// Why.
         source: std::io::Error,
+    },
+    /// `init` was given a directory that holds files Bulwark did not put there.
+    #[error(
+        "{path} holds files that are not Bulwark's ({found}); init makes its data dir owner-only and writes into it, \
+         so give --data-dir a new or empty directory"
+    )]
+    NotEmpty {
+        /// The directory.
+        path: PathBuf,
+        /// The first few of those names.
+        found: String,
     },
     /// The config file does not parse.
     #[error("config {path} is invalid")]
@@ -273,6 +299,36 @@ impl DataDir {
         Ok(real.starts_with(&root))
     }
 
+    /// Refuses, for `init`, a directory that holds anything Bulwark did not put there: `init` makes the
+    /// data dir owner-only and writes into it, which must never happen to a directory in use for something
+    /// else (`/tmp`, a home directory, `/`). What an unfinished `init` left is Bulwark's own.
+    pub fn refuse_foreign_entries(&self) -> Result<(), DataDirError> {
+        let entries = match fs::read_dir(&self.root) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(self.inaccessible(e)),
+        };
+        let runtime_log_lock = format!("{}.lock", bulwark_boot::runtime::LOG_FILE_NAME);
+        let mut foreign = Vec::new();
+        for entry in entries {
+            let name = entry.map_err(|e| self.inaccessible(e))?.file_name().to_string_lossy().into_owned();
+            let base = name.strip_suffix(bulwark_ledger::fsutil::TMP_SUFFIX).unwrap_or(&name);
+            if !OWN_NAMES.contains(&base) && base != runtime_log_lock {
+                foreign.push(name);
+            }
+        }
+        if foreign.is_empty() {
+            return Ok(());
+        }
+        foreign.sort();
+        let more = foreign.len().saturating_sub(3);
+        let mut found = foreign.iter().take(3).map(|n| format!("{n:?}")).collect::<Vec<_>>().join(", ");
+        if more > 0 {
+            found.push_str(&format!(" and {more} more"));
+        }
+        Err(DataDirError::NotEmpty { path: self.root.clone(), found })
+    }
+
     /// Makes the data dir (as [`DataDir::make_private`]) and takes its init lock, waiting up to
     /// [`INIT_LOCK_WAIT`] for another `init` to finish: two inits of one data dir run one after the other,
     /// and the second finds what the first did. Held until the returned file is dropped.
@@ -383,6 +439,29 @@ mod tests {
         ] {
             assert!(!dd.holds(&beside).unwrap(), "{}", beside.display());
         }
+    }
+
+    #[test]
+    fn init_takes_only_a_new_empty_or_own_directory() {
+        let d = tempfile::tempdir().unwrap();
+        let dd = DataDir::new(&d.path().join("data")).unwrap();
+        dd.refuse_foreign_entries().unwrap();
+        fs::create_dir(dd.root()).unwrap();
+        dd.refuse_foreign_entries().unwrap();
+        // What an unfinished init leaves, and a file system's own lost+found.
+        for name in ["init.lock", "swtpm", "swtpm.lock", "profile.toml.bulwark-tmp", "lost+found"] {
+            fs::write(dd.root().join(name), b"").unwrap();
+        }
+        fs::write(dd.root().join("runtime-measurements.tcglog.lock"), b"").unwrap();
+        dd.refuse_foreign_entries().unwrap();
+        for name in ["notes.txt", "a", "b", "c"] {
+            fs::write(dd.root().join(name), b"theirs").unwrap();
+        }
+        let e = dd.refuse_foreign_entries().unwrap_err();
+        assert!(matches!(e, DataDirError::NotEmpty { .. }), "{e}");
+        let text = e.to_string();
+        assert!(text.contains(r#"("a", "b", "c" and 1 more)"#), "{text}");
+        assert!(text.contains("new or empty directory"), "{text}");
     }
 
     #[test]
