@@ -58,7 +58,8 @@ fn unknown_and_malformed_tenant_ids_are_refused() {
     for bad in ["legal", "0123456789ABCDEF0123456789ABCDEF", "0123456789abcdef0123456789abcde", "../../etc/passwd", ""]
     {
         env.get(bad, "k").fails_with(&["not an id", "32 lowercase hex digits", "`bulwark tenant list`"]);
-        env.run(&["tenant", "delete", "--tenant", bad]).fails_with(&["not an id", "32 lowercase hex digits"]);
+        env.run(&["tenant", "delete", "--tenant", bad, "--name", "legal"])
+            .fails_with(&["not an id", "32 lowercase hex digits"]);
     }
     env.get(&t.id, "missing").fails_with(&["no record \"missing\""]);
     env.run_stdin(&["vault", "put", "--tenant", &t.id, ""], b"x").fails_with(&["invalid record key"]);
@@ -273,7 +274,7 @@ fn a_lost_appliance_key_is_named_and_init_keeps_the_appliance_ledger() {
     env.assert_get(&t.id, "k", b"kept");
     let lost = ["has no appliance key", "it was in use", "a tenant directory", "appliance ledger of", "restore"];
     env.run(&["tenant", "create", "other"]).fails_with(&lost);
-    env.run(&["tenant", "delete", "--tenant", &t.id]).fails_with(&lost);
+    env.run(&["tenant", "delete", "--tenant", &t.id, "--name", &t.name]).fails_with(&lost);
     env.run(&["init"]).fails_with(&lost);
     assert_eq!(snapshot(&appliance), before, "a refused command changed the appliance's files");
     // The key restored from a backup: everything works again, on the same appliance ledger.
@@ -372,8 +373,8 @@ fn a_recovery_secret_that_stdout_cannot_take_is_reported_lost_with_what_to_do() 
     // The tenant it names is there, and deleting it as the message says frees the name.
     let listed = env.run(&["tenant", "list", "--json"]).ok().json();
     let id = listed["tenants"][0]["id"].as_str().expect("one tenant").to_string();
-    assert!(stderr.contains(&format!("bulwark tenant delete --tenant {id}")), "{stderr}");
-    env.run(&["tenant", "delete", "--tenant", &id]).ok();
+    assert!(stderr.contains(&format!("bulwark tenant delete --tenant {id} --name=legal")), "{stderr}");
+    env.run(&["tenant", "delete", "--tenant", &id, "--name=legal"]).ok();
     env.create_tenant("legal");
     // The same for init: the data dir it names is initialised.
     let other = tempfile::tempdir().expect("tempdir");
@@ -441,7 +442,7 @@ fn a_registry_restored_from_an_older_copy_never_hands_out_a_slot_twice() {
     env.put(&a.id, "k", b"kept");
     let after_a = read();
     let b = env.create_tenant("b");
-    env.run(&["tenant", "delete", "--tenant", &b.id]).ok();
+    env.run(&["tenant", "delete", "--tenant", &b.id, "--name", &b.name]).ok();
 
     // The registry as it was before `a` existed: its slot counter is older than the TPM's claims. A new
     // tenant gets neither the live `a`'s slot (deleting it would shred `a` too) nor the dead `b`'s.
@@ -449,7 +450,7 @@ fn a_registry_restored_from_an_older_copy_never_hands_out_a_slot_twice() {
     let c = env.create_tenant("c");
     assert!(![a.slot, b.slot].contains(&c.slot), "c got slot {} (a {}, b {})", c.slot, a.slot, b.slot);
     env.put(&c.id, "k", b"c's");
-    env.run(&["tenant", "delete", "--tenant", &c.id]).ok();
+    env.run(&["tenant", "delete", "--tenant", &c.id, "--name", &c.name]).ok();
 
     // Back to the registry that lists `a`: `a` is untouched, and the next tenant is new too.
     std::fs::write(&registry, &after_a).expect("restore the registry");
@@ -605,4 +606,33 @@ fn init_refuses_a_directory_in_use_for_something_else_and_leaves_it_as_it_was() 
     std::fs::remove_file(d.join("notes.txt")).expect("rm");
     env.init();
     assert_eq!(std::fs::metadata(&d).expect("stat").permissions().mode() & 0o7777, 0o700);
+}
+
+#[test]
+fn a_delete_must_name_the_tenant_it_destroys() {
+    let env = Env::new();
+    env.init();
+    let legal = env.create_tenant("legal");
+    let created = env.run(&["tenant", "create", "--json", "--", "-ops"]).ok().json();
+    let ops = bulwark_tests::Tenant {
+        id: created["id"].as_str().expect("id").to_string(),
+        name: "-ops".into(),
+        recovery: String::new(),
+        slot: 0,
+    };
+    env.put(&legal.id, "k", b"kept");
+    let before = snapshot(&env.data_dir());
+    // Without the name, or with another tenant's: refused before anything is attested or shredded.
+    env.run(&["tenant", "delete", "--tenant", &legal.id]).fails_with(&["--name <NAME>"]);
+    env.run(&["tenant", "delete", "--tenant", &legal.id, "--name", &ops.name])
+        .fails_with(&[&format!("tenant {} is named \"legal\", not \"-ops\"", legal.id), "nothing was deleted"]);
+    env.run(&["tenant", "delete", "--tenant", &legal.id, "--name", "Legal"]).fails_with(&["nothing was deleted"]);
+    let after = snapshot(&env.data_dir());
+    let changed: Vec<_> = after.keys().filter(|k| before.get(*k) != after.get(*k)).collect();
+    assert!(changed.is_empty(), "{changed:?}");
+    env.assert_get(&legal.id, "k", b"kept");
+    // A name that starts with a dash is taken as the value it is.
+    let gone = env.run(&["tenant", "delete", "--tenant", &ops.id, "--name", "-ops", "--json"]).ok().json();
+    assert_eq!(gone["deleted"], ops.id.as_str());
+    env.assert_get(&legal.id, "k", b"kept");
 }

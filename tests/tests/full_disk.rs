@@ -238,17 +238,17 @@ fn a_delete_that_cannot_remove_the_files_says_the_key_is_shredded_and_finishes_w
         return;
     };
     // The liveness bit is set first (final), then the files cannot go.
-    env.run(&["tenant", "delete", "--tenant", &t.id]).fails_with(&[
+    env.run(&["tenant", "delete", "--tenant", &t.id, "--name", &t.name]).fails_with(&[
         "key is shredded in the TPM",
         "could not all be removed",
-        &format!("bulwark tenant delete --tenant {}", t.id),
+        &format!("bulwark tenant delete --tenant {} --name={}", t.id, t.name),
         "Read-only file system",
     ]);
     drop(read_only);
     assert!(env.tenant_dir(&t.id).is_dir(), "the files were removed after all");
     env.get(&t.id, "k").fails_with(&["was deleted"]);
     // Run again, as the error says: the rest goes.
-    env.run(&["tenant", "delete", "--tenant", &t.id]).ok();
+    env.run(&["tenant", "delete", "--tenant", &t.id, "--name", &t.name]).ok();
     assert!(!env.tenant_dir(&t.id).exists());
     assert!(listed(&env).is_empty(), "the deleted tenant is still listed");
 }

@@ -661,7 +661,7 @@ fn deleted_tenant_restored_from_a_full_backup_stays_sealed() {
     let backup = env.scratch().join("backup");
     copy_tree(&d, &backup);
 
-    env.run(&["tenant", "delete", "--tenant", &a.id]).ok();
+    env.run(&["tenant", "delete", "--tenant", &a.id, "--name", &a.name]).ok();
     env.get(&a.id, "k").fails_with(&["no tenant"]);
 
     // Whoever can talk to the TPM cannot undo the deletion by undefining the liveness index (to define it

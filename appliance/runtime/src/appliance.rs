@@ -143,15 +143,27 @@ pub enum ApplianceError {
     /// The recovery secret text is malformed.
     #[error("a recovery secret is 64 hex digits (dashes and spaces are ignored)")]
     BadRecoverySecret,
+    /// `tenant delete` named the tenant otherwise than the registry does.
+    #[error("tenant {tenant} is named {name:?}, not {given:?}; nothing was deleted")]
+    DeleteNameMismatch {
+        /// The tenant.
+        tenant: TenantId,
+        /// Its name.
+        name: String,
+        /// The name given.
+        given: String,
+    },
     /// A tenant's key was shredded (its liveness bit set: final), but its files or its registry entry
     /// could not be removed.
     #[error(
         "tenant {tenant}'s key is shredded in the TPM, so its data can never be read again, but its files could \
-         not all be removed; run `bulwark tenant delete --tenant {tenant}` again to remove them"
+         not all be removed; run `bulwark tenant delete --tenant {tenant} --name={name}` again to remove them"
     )]
     DeleteUnfinished {
         /// The tenant.
         tenant: TenantId,
+        /// Its name.
+        name: String,
         /// Why the files stayed.
         #[source]
         source: Box<ApplianceError>,
@@ -1267,7 +1279,14 @@ impl Appliance {
 
     /// Deletes tenant `id` irreversibly: sets its TPM liveness bit first (after which no copy of its sealed
     /// key can ever unseal), then removes its files and registry entry.
-    pub fn delete_tenant(&mut self, id: TenantId) -> Result<TenantRecord, ApplianceError> {
+    /// `name` must be the tenant's name: a second, independent statement of which tenant is meant, so that a
+    /// wrong id taken from a list or a script destroys nothing.
+    pub fn delete_tenant(&mut self, id: TenantId, name: &str) -> Result<TenantRecord, ApplianceError> {
+        // Checked on the registry opened read-only, so a refused delete changes no byte of the data dir.
+        let named = self.registry()?.get(id)?;
+        if named.name != name {
+            return Err(ApplianceError::DeleteNameMismatch { tenant: id, name: named.name, given: name.to_string() });
+        }
         let registry = self.registry_mut()?;
         let record = registry.get(id)?;
         let appliance = self.appliance_ledger()?;
@@ -1282,8 +1301,11 @@ impl Appliance {
     fn shred(&mut self, id: TenantId, registry: &Registry, record: &TenantRecord) -> Result<(), ApplianceError> {
         self.machine.tpm.liveness_kill(liveness_of(record.slot)?)?;
         // From here the deletion is final; what fails now only leaves files behind.
-        let unfinished =
-            |source: ApplianceError| ApplianceError::DeleteUnfinished { tenant: id, source: Box::new(source) };
+        let unfinished = |source: ApplianceError| ApplianceError::DeleteUnfinished {
+            tenant: id,
+            name: record.name.clone(),
+            source: Box::new(source),
+        };
         let dir = self.dd.tenant_dir(&id);
         if dir.exists() {
             std::fs::remove_dir_all(&dir).map_err(|e| unfinished(io(&dir)(e)))?;

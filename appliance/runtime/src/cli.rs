@@ -95,6 +95,9 @@ pub enum TenantCmd {
         /// Which tenant.
         #[command(flatten)]
         sel: TenantSel,
+        /// The tenant's name, as `tenant list` shows it, to confirm which tenant goes.
+        #[arg(long, value_name = "NAME", allow_hyphen_values = true)]
+        name: String,
     },
     /// Reseal a tenant's KEK to the current measured state after a legitimate change (update of the
     /// binary, config or profile), using the tenant's recovery secret.

@@ -250,8 +250,8 @@ fn tenant_cmd(app: &mut Appliance, cmd: TenantCmd, json: bool) -> Fallible {
             };
             let lost = format!(
                 "tenant {} ({}) was created; to get a recovery secret for it, delete it (`bulwark tenant delete \
-                 --tenant {}`) and create it again with a working stdout",
-                out.name, out.id, out.id
+                 --tenant {} --name={}`) and create it again with a working stdout",
+                out.name, out.id, out.id, out.name
             );
             print_secret(&lost, |buf| {
                 if json {
@@ -285,8 +285,8 @@ fn tenant_cmd(app: &mut Appliance, cmd: TenantCmd, json: bool) -> Fallible {
             print!("{}", t.public_key().to_spki_pem());
             Ok(())
         }
-        TenantCmd::Delete { sel } => {
-            let rec = app.delete_tenant(tenant_id(&sel.tenant)?)?;
+        TenantCmd::Delete { sel, name } => {
+            let rec = app.delete_tenant(tenant_id(&sel.tenant)?, &name)?;
             if json {
                 println!("{}", json!({"deleted": rec.id.to_string(), "name": rec.name}));
             } else {
