@@ -636,3 +636,26 @@ fn a_delete_must_name_the_tenant_it_destroys() {
     assert_eq!(gone["deleted"], ops.id.as_str());
     env.assert_get(&legal.id, "k", b"kept");
 }
+
+#[test]
+fn a_data_dir_moved_to_another_tpm_says_so_and_touches_that_tpm_not() {
+    // It used to read "measured state changed ... reboot, then reseal", which no reboot or reseal mends.
+    let env = Env::new();
+    env.init();
+    let t = env.create_tenant("legal");
+    env.put(&t.id, "k", b"kept");
+    let other = TestTpm::start();
+    let before = snapshot(&env.data_dir());
+    for args in [&["vault", "get", "--tenant", &t.id, "k"][..], &["tenant", "list"], &["tenant", "create", "ops"]] {
+        let mut c = bulwark();
+        c.arg("--data-dir").arg(env.data_dir()).arg("--tpm").arg(other.tcti()).args(args);
+        run_cmd(c, None).fails_with(&["was initialised with another TPM than", "storage root key differs"]);
+    }
+    let out = other.tpm2("tpm2_getcap").arg("handles-persistent").output().expect("tpm2_getcap");
+    assert!(out.status.success() && out.stdout.is_empty(), "{:?}", String::from_utf8_lossy(&out.stdout));
+    let after = snapshot(&env.data_dir());
+    let changed: Vec<_> = after.keys().filter(|k| before.get(*k) != after.get(*k)).collect();
+    assert!(changed.is_empty(), "{changed:?}");
+    // On its own TPM it works as before.
+    env.assert_get(&t.id, "k", b"kept");
+}

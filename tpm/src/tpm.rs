@@ -369,6 +369,8 @@ pub struct TpmOptions {
 #[derive(Default)]
 struct Cache {
     srk: Option<Vec<u8>>,
+    /// The SRK's public area (TPM2B_PUBLIC wire bytes), read when the SRK was verified.
+    srk_public: Option<Vec<u8>>,
     nv: HashMap<u32, Vec<u8>>,
 }
 
@@ -443,25 +445,32 @@ impl Op<'_> {
     /// The SRK's ESYS_TR on this connection, creating (first use) and verifying (first use per
     /// `Tpm`) the key.
     pub(crate) fn srk(&mut self) -> Result<Tr, TpmError> {
+        self.find_srk(true)?.ok_or(TpmError::Unexpected("no SRK right after creating it"))
+    }
+
+    /// The SRK's ESYS_TR on this connection, verified (first use per `Tpm`); when there is none, created
+    /// if `create`, else `None`.
+    fn find_srk(&mut self, create: bool) -> Result<Option<Tr>, TpmError> {
         if let Some(tr) = self.trs.get(&SRK_HANDLE) {
-            return Ok(*tr);
+            return Ok(Some(*tr));
         }
         let tr = match self.cache.srk.as_deref() {
             Some(blob) => self.esys.tr_deserialize(blob).map_err(|e| self.err(e))?,
             None => {
-                let tr = self.ensure_srk_uncached()?;
+                let Some(tr) = self.verified_srk(create)? else { return Ok(None) };
                 let blob = self.esys.tr_serialize(tr).map_err(|e| self.err(e))?;
                 self.cache.srk = Some(blob);
                 tr
             }
         };
         self.trs.insert(SRK_HANDLE, tr);
-        Ok(tr)
+        Ok(Some(tr))
     }
 
-    fn ensure_srk_uncached(&mut self) -> Result<Tr, TpmError> {
+    fn verified_srk(&mut self, create: bool) -> Result<Option<Tr>, TpmError> {
         let tr = match self.esys.tr_from_tpm_public(SRK_HANDLE) {
             Ok(tr) => tr,
+            Err(e) if e.rc.is_from_tpm() && e.rc.base() == codes::HANDLE && !create => return Ok(None),
             Err(e) if e.rc.is_from_tpm() && e.rc.base() == codes::HANDLE => {
                 let primary = self.esys.create_primary_owner(&srk_template_2b()).map_err(|e| self.err(e))?;
                 let persisted = self.esys.evict_control_owner(primary, SRK_HANDLE);
@@ -475,7 +484,8 @@ impl Op<'_> {
             self.esys.tr_close(tr);
             return Err(TpmError::SrkMismatch);
         }
-        Ok(tr)
+        self.cache.srk_public = Some(public);
+        Ok(Some(tr))
     }
 
     /// The ESYS_TR of NV index `handle` on this connection. A missing index is
@@ -873,6 +883,18 @@ impl Tpm {
                 op.esys.tr_close(tr);
             }
             op.srk().map(|_| ())
+        })
+    }
+
+    /// The public area (TPM2B_PUBLIC wire bytes) of the SRK at [`SRK_HANDLE`], verified as every use of
+    /// it is, or `None` when there is none; never creates one. Its unique point comes from the owner
+    /// hierarchy's seed, so it names this TPM as long as nobody clears it: another TPM, or this one after
+    /// TPM2_Clear, has another SRK or none. Costs no TPM command beyond the ones the SRK's first use
+    /// in this `Tpm` makes anyway.
+    pub fn srk_public(&self) -> Result<Option<Vec<u8>>, TpmError> {
+        self.op(|op| match op.find_srk(false)? {
+            Some(_) => Ok(op.cache.srk_public.clone()),
+            None => Ok(None),
         })
     }
 
@@ -1520,6 +1542,25 @@ mod tests {
         let err = tpm2.seal(b"secret", &policy, &[7; 32]).unwrap_err();
         assert!(matches!(err, TpmError::SrkMismatch), "{err:?}");
         assert!(err.to_string().contains("0x81000001"));
+    }
+
+    #[test]
+    fn srk_public_names_the_tpm_and_creates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (sw, tpm) = start(&dir.path().join("state"));
+        assert_eq!(tpm.srk_public().unwrap(), None, "a fresh TPM has no SRK");
+        let handles = tpm2_tool(&sw.tcti(), dir.path(), &["tpm2_getcap", "handles-persistent"]);
+        assert!(!handles.contains("0x81000001"), "srk_public created the SRK: {handles}");
+        tpm.ensure_srk().unwrap();
+        let public = tpm.srk_public().unwrap().expect("the SRK");
+        // Another process, on the same TPM, reads the same key.
+        let again = Tpm::open(&sw.tcti().parse().unwrap()).unwrap().srk_public().unwrap();
+        assert_eq!(again.as_ref(), Some(&public));
+        // Another TPM's SRK, made from the same template, is another key.
+        let dir2 = tempfile::tempdir().unwrap();
+        let (_sw2, tpm2) = start(&dir2.path().join("state"));
+        tpm2.ensure_srk().unwrap();
+        assert_ne!(tpm2.srk_public().unwrap().expect("the SRK"), public);
     }
 
     #[test]

@@ -36,6 +36,8 @@ const KEY_SEALED: &str = "key.sealed";
 /// The TPM hierarchy authorizations `init` set, sealed like the appliance key: `D/appliance/owner.sealed`
 /// (see [`HierarchyAuths`]).
 const OWNER_SEALED: &str = "owner.sealed";
+/// Which TPM `init` used: the SHA-256 of its SRK's public area, in hex (`D/appliance/tpm-srk.sha256`).
+const TPM_IDENTITY: &str = "tpm-srk.sha256";
 /// Length of each hierarchy authorization `init` sets (the SHA-256 digest size, which every TPM accepts).
 const HIERARCHY_AUTH_LEN: usize = 32;
 
@@ -167,6 +169,19 @@ pub enum ApplianceError {
         /// Why the files stayed.
         #[source]
         source: Box<ApplianceError>,
+    },
+    /// The TPM is not the one the data dir was initialised with.
+    #[error(
+        "{} was initialised with another TPM than {tpm} (its storage root key differs): the TPM was cleared or \
+         replaced, or the data dir was moved from another machine. What that TPM sealed opens only on it: run \
+         bulwark with the TPM that initialised this data dir",
+        dir.display()
+    )]
+    ForeignTpm {
+        /// The data dir.
+        dir: std::path::PathBuf,
+        /// The TPM reached now.
+        tpm: String,
     },
     /// The registry lists the tenant, but its sealed KEK file is not there.
     #[error(
@@ -639,6 +654,33 @@ pub fn resolve_profile(choice: &str) -> Result<(HwProfile, Vec<u8>), ApplianceEr
     Ok((profile, bytes))
 }
 
+/// This TPM's identity as `D/appliance/tpm-srk.sha256` records it: the SHA-256 of its SRK's public area, in
+/// hex, and a newline.
+/// `None` when the TPM holds no SRK (a TPM that was cleared, or never initialised).
+fn tpm_identity(machine: &Machine) -> Result<Option<String>, ApplianceError> {
+    Ok(machine.tpm.srk_public()?.map(|public| format!("{}\n", hex::encode(Sha256::digest(public)))))
+}
+
+/// Refuses a TPM other than the one `init` recorded, one without an SRK included, without creating
+/// anything on it (a data dir initialised before the record existed is not checked).
+fn check_tpm_identity(machine: &Machine, dd: &DataDir) -> Result<(), ApplianceError> {
+    let path = dd.appliance_dir().join(TPM_IDENTITY);
+    let recorded = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io(&path)(e)),
+    };
+    let now = match tpm_identity(machine) {
+        // An SRK made from another template at the SRK's handle is another TPM's too.
+        Err(ApplianceError::Tpm(TpmError::SrkMismatch)) => None,
+        other => other?,
+    };
+    if now.is_none_or(|now| recorded != now.as_bytes()) {
+        return Err(ApplianceError::ForeignTpm { dir: dd.root().to_path_buf(), tpm: machine.tcti().to_string() });
+    }
+    Ok(())
+}
+
 /// The config and profile bytes of a new appliance, from `init`'s choices (the profile defaults to the one
 /// for the TPM `tpm_choice` reaches).
 fn fresh_config(
@@ -786,6 +828,9 @@ impl Appliance {
         let sealed = self.machine.tpm.seal(seed.expose_secret(), &policy, &auth[..])?;
         let dir = self.dd.appliance_dir();
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let identity = dir.join(TPM_IDENTITY);
+        let srk = tpm_identity(&self.machine)?.ok_or(TpmError::Unexpected("no SRK after init created it"))?;
+        write_durable(&identity, srk.as_bytes()).map_err(io(&identity))?;
         // Ownership: the sealed authorizations are durable before the TPM uses them, so they are never
         // lost.
         let (owner, lockout) = (SecretKey::random(), SecretKey::random());
@@ -996,6 +1041,9 @@ impl Appliance {
             tracing::warn!("DEVELOPMENT MODE: tenants are not bound to this executable's bytes");
         }
         let mut machine = Machine::open(tpm_choice, &dd)?;
+        // Before measuring: on another TPM, the runtime PCR would not match for a reason the measured
+        // state has nothing to do with.
+        check_tpm_identity(&machine, &dd)?;
         let measured = measure::run_stage(&mut machine, &dd, &profile, &config, &config_bytes)?;
         Ok(Appliance { dd, profile, machine, measured })
     }

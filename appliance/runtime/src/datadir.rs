@@ -13,6 +13,7 @@
 //! D/tenants/<id>/ledger/    the tenant's attestation ledger (tlog tiles, signed checkpoints)
 //! D/appliance/key.sealed    the appliance's signing seed, sealed by the TPM (written last by init)
 //! D/appliance/owner.sealed  the TPM owner and lockout authorizations init set, sealed the same way
+//! D/appliance/tpm-srk.sha256 which TPM init used: the SHA-256 of its SRK's public area (checked by every open)
 //! D/appliance/ledger/       the appliance ledger (tenant lifecycle, keys published)
 //! ```
 //!
