@@ -254,8 +254,33 @@ fn rel_err(e: AuditError, prefix: &str) -> AuditError {
     }
 }
 
+/// The most one bundle file may hold: an entry bundle of a full tile of the longest entries. Hash tiles,
+/// checkpoints and keys are far smaller.
+const MAX_BUNDLE_FILE: u64 = (TILE_WIDTH * (2 + tiles::MAX_ENTRY_LEN)) as u64;
+
+/// Reads bundle file `rel`. The bundle is not trusted: a file that is not a regular file (a symbolic link,
+/// a device, a FIFO) or that is larger than [`MAX_BUNDLE_FILE`] is refused before it is read, so that
+/// no bundle can make the verifier read without end or exhaust its memory.
 fn read_bytes(dir: &Path, rel: &str) -> Result<Vec<u8>, AuditError> {
-    fs::read(dir.join(rel)).map_err(|source| AuditError::Io { file: rel.to_string(), source })
+    use std::io::Read as _;
+    let path = dir.join(rel);
+    let io_err = |source| AuditError::Io { file: rel.to_string(), source };
+    let refuse = |what: String| AuditError::File { file: rel.to_string(), what };
+    let meta = fs::symlink_metadata(&path).map_err(io_err)?;
+    if !meta.file_type().is_file() {
+        return Err(refuse("is not a regular file (a bundle holds only regular files)".into()));
+    }
+    let over = || refuse(format!("is over the {MAX_BUNDLE_FILE}-byte cap for one bundle file"));
+    if meta.len() > MAX_BUNDLE_FILE {
+        return Err(over());
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    // The file may have grown since it was looked at.
+    fs::File::open(&path).and_then(|f| f.take(MAX_BUNDLE_FILE + 1).read_to_end(&mut bytes)).map_err(io_err)?;
+    if bytes.len() as u64 > MAX_BUNDLE_FILE {
+        return Err(over());
+    }
+    Ok(bytes)
 }
 
 fn read_string(dir: &Path, rel: &str) -> Result<String, AuditError> {
@@ -721,6 +746,40 @@ mod tests {
         o.appliance_key = None;
         let r = verify_bundle(&b, &o, &NoProgress).unwrap();
         assert!(!r.appliance.key_pinned && r.warnings.len() == 1);
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_plain_bounded_file_is_refused_before_it_is_read() {
+        // Before, a checkpoint linked to /dev/zero was read until memory ran out, and a FIFO hung the
+        // verifier for good.
+        let w = world(1);
+        let (_t, b) = bundle(&w);
+        let cp = b.join("tenant/checkpoint");
+        let tile = b.join("tenant/tile/entries/000.p/2");
+        let original = fs::read(&tile).unwrap();
+        type Make = fn(&Path);
+        let cases: [(&Path, &str, Make); 4] = [
+            (&cp, "is not a regular file", |p| std::os::unix::fs::symlink("/dev/zero", p).unwrap()),
+            (&cp, "is not a regular file", |p| {
+                assert!(std::process::Command::new("mkfifo").arg(p).status().unwrap().success());
+            }),
+            (&cp, "is not a regular file", |p| fs::create_dir(p).unwrap()),
+            (&tile, "is over the 16777472-byte cap", |p| {
+                fs::File::create(p).unwrap().set_len(MAX_BUNDLE_FILE + 1).unwrap();
+            }),
+        ];
+        let checkpoint = fs::read(&cp).unwrap();
+        for (path, needle, make) in cases {
+            fs::remove_file(path).unwrap();
+            make(path);
+            let e = verify_bundle(&b, &opts(&w), &NoProgress).unwrap_err().to_string();
+            assert!(e.contains(needle), "{e}");
+            let _ = fs::remove_dir(path);
+            let _ = fs::remove_file(path);
+            fs::write(&cp, &checkpoint).unwrap();
+            fs::write(&tile, &original).unwrap();
+        }
+        verify_bundle(&b, &opts(&w), &NoProgress).unwrap();
     }
 
     #[test]
