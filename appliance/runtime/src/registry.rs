@@ -105,6 +105,50 @@ pub fn check_name(name: &str) -> Result<(), RegistryError> {
     if ok { Ok(()) } else { Err(RegistryError::BadName(name.chars().take(80).collect())) }
 }
 
+/// Makes an empty registry at `path`, which does not exist, so that `path` never names a half-made one.
+/// redb writes a new file's header first and its magic number last, and no open accepts a file without
+/// one: a process killed in between (an `init` killed at the wrong moment) left a registry that every
+/// later command, `init` included, refused. So the registry is made under a temporary name and renamed
+/// into place once redb has finished it. What a killed creation left under the temporary name is
+/// removed; a registry at `path` itself is never removed.
+fn create_whole(path: &Path) -> Result<(), RegistryError> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(bulwark_ledger::fsutil::TMP_SUFFIX);
+    let tmp = PathBuf::from(tmp);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut removed_stale = false;
+    loop {
+        if path.exists() {
+            return Ok(());
+        }
+        match Database::create(&tmp) {
+            Ok(db) => {
+                drop(db);
+                break;
+            }
+            // Another process is making it.
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(RegistryError::Busy(path.to_path_buf())),
+            Err(_) if !removed_stale && tmp.exists() => {
+                std::fs::remove_file(&tmp).map_err(RegistryError::Storage)?;
+                removed_stale = true;
+            }
+            Err(e) => return Err(store(e)),
+        }
+    }
+    std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(RegistryError::Storage)?;
+    match std::fs::rename(&tmp, path) {
+        Ok(()) => {}
+        // Another process renamed the same finished file first.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && path.exists() => return Ok(()),
+        Err(e) => return Err(RegistryError::Storage(e)),
+    }
+    let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    bulwark_ledger::fsutil::sync_dirs(&std::collections::BTreeSet::from([dir])).map_err(RegistryError::Storage)
+}
+
 impl Registry {
     /// Opens the registry at `path` for reading only (a missing file reads as empty).
     pub fn open_read_only(path: &Path) -> Result<Self, RegistryError> {
@@ -135,17 +179,23 @@ impl Registry {
         }
     }
 
-    /// Opens (creating if needed) the registry at `path` for writing, waiting up to 30 s for another
-    /// process.
+    /// Opens (creating if needed, see [`create_whole`]) the registry at `path` for writing, waiting up to
+    /// 30 s for another process.
     pub fn open(path: &Path) -> Result<Self, RegistryError> {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
-            match Database::create(path) {
+            if !path.exists() {
+                create_whole(path)?;
+            }
+            match Database::open(path) {
                 Ok(db) => return Ok(Registry { db: Store::Writable(db) }),
                 Err(redb::DatabaseError::DatabaseAlreadyOpen) if std::time::Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(10));
                 }
                 Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(RegistryError::Busy(path.to_path_buf())),
+                // Removed since it was looked for: made anew on the next turn.
+                Err(redb::DatabaseError::Storage(redb::StorageError::Io(e)))
+                    if e.kind() == std::io::ErrorKind::NotFound && std::time::Instant::now() < deadline => {}
                 Err(e) => return Err(store(e)),
             }
         }
@@ -246,6 +296,29 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_creation_killed_half_way_leaves_nothing_that_blocks_the_next() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("registry.redb");
+        // What redb leaves when killed before it writes the magic number: a header, no magic.
+        let half_made = |p: &Path| {
+            let mut bytes = vec![0u8; 73728];
+            bytes[8..20].copy_from_slice(&[0, 4, 0, 0, 0, 0x10, 0, 0, 0, 0, 0, 0]);
+            std::fs::write(p, bytes).unwrap();
+        };
+        let tmp = d.path().join("registry.redb.bulwark-tmp");
+        half_made(&tmp);
+        let r = Registry::open(&path).unwrap();
+        assert_eq!(r.next_slot().unwrap(), SlotNumber(0));
+        drop(r);
+        assert!(!tmp.exists(), "the half-made file stayed");
+        // A registry at the real path is never thrown away, whatever its state.
+        half_made(&path);
+        assert!(Registry::open(&path).is_err());
+        assert!(Registry::open_read_only(&path).is_err());
+        assert!(path.exists());
+    }
 
     #[test]
     fn the_slot_hint_only_moves_up_and_names_are_unique() {
