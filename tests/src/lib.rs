@@ -13,7 +13,7 @@
 //!
 //! Nothing outside the workspace's test needs; it is never linked into a product binary.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -685,6 +685,21 @@ pub fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
             Some((p.strip_prefix(dir).ok()?.to_path_buf(), bytes))
         })
         .collect()
+}
+
+/// Asserts that the files under `dir` are byte for byte what `before` (a [`snapshot`] of it) holds, naming
+/// the files made, changed or removed (not their bytes) when they are not.
+#[track_caller]
+pub fn assert_unchanged(dir: &Path, before: &BTreeMap<PathBuf, Vec<u8>>) {
+    let after = snapshot(dir);
+    let differ: Vec<_> = before
+        .keys()
+        .chain(after.keys())
+        .filter(|k| before.get(*k) != after.get(*k))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    assert!(differ.is_empty(), "files made, changed or removed under {}: {differ:?}", dir.display());
 }
 
 /// Whether `needle` occurs in `hay`.

@@ -1,6 +1,6 @@
 //! Bad input gets a clear error on stderr, nothing on stdout, a non-zero exit, and loses nothing.
 
-use bulwark_tests::{Env, TestTpm, bulwark, run_cmd, snapshot};
+use bulwark_tests::{Env, TestTpm, assert_unchanged, bulwark, run_cmd, snapshot};
 
 /// A loopback port with nothing listening on it or on the port after it (swtpm's control port).
 fn closed_port() -> u16 {
@@ -25,7 +25,7 @@ fn no_tpm_reachable_says_how_to_start_one() {
     let mut c = bulwark();
     c.arg("--data-dir").arg(env.data_dir()).args(["--tpm", &tcti, "vault", "get", "--tenant", &t.id, "k"]);
     run_cmd(c, None).fails_with(&["no TPM", "swtpm socket"]);
-    assert_eq!(snapshot(&env.data_dir().join("tenants")), before);
+    assert_unchanged(&env.data_dir().join("tenants"), &before);
     env.assert_get(&t.id, "k", b"kept");
 
     // A --tpm that is not a TPM choice at all.
@@ -159,7 +159,7 @@ fn init_twice_and_bad_tenant_names_lose_nothing() {
     env.run(&["init"]).fails_with(&["already initialised"]);
     env.run(&["init", "--profile", "generic-x86-tpm2"]).fails_with(&["already initialised"]);
     assert_eq!(std::fs::read(env.data_dir().join("appliance.toml")).expect("config"), config);
-    assert_eq!(snapshot(&env.data_dir().join("tenants")), tenants);
+    assert_unchanged(&env.data_dir().join("tenants"), &tenants);
     env.assert_get(&t.id, "k", b"kept");
 
     let long = "n".repeat(65);
@@ -352,7 +352,7 @@ fn an_unreadable_recovery_secret_is_named_and_changes_nothing() {
         env.run(&["tenant", "reseal", "--tenant", &t.id, "--recovery-secret-file", file]).fails_with(&needles);
         env.run(&["appliance", "reseal", "--recovery-secret-file", file]).fails_with(&needles);
     }
-    assert_eq!(snapshot(&env.data_dir().join("tenants")), before);
+    assert_unchanged(&env.data_dir().join("tenants"), &before);
     // The right secret on stdin (`-`) reseals; the record reads back.
     env.run_stdin(&["tenant", "reseal", "--tenant", &t.id, "--recovery-secret-file", "-"], t.recovery.as_bytes()).ok();
     env.assert_get(&t.id, "k", b"kept");
@@ -427,7 +427,7 @@ fn a_data_dir_this_user_cannot_use_is_named_before_the_tpm_is_touched() {
     if !root {
         std::fs::set_permissions(&data, std::fs::Permissions::from_mode(mode)).expect("chmod back");
     }
-    assert_eq!(snapshot(&data), before);
+    assert_unchanged(&data, &before);
     env.assert_get(&t.id, "k", b"kept");
 }
 
@@ -582,7 +582,7 @@ fn an_export_into_the_data_dir_is_refused_and_records_nothing() {
     }
     assert!(!env.scratch().join("not-yet").exists());
     // Not even the export's attestation was recorded.
-    assert_eq!(snapshot(&d), before);
+    assert_unchanged(&d, &before);
     let bundle = env.scratch().join("bundle");
     env.run(&["ledger", "export", "--tenant", &t.id, "--out", bundle.to_str().expect("utf-8")]).ok();
     assert!(bundle.join("BUNDLE").is_file());
@@ -627,9 +627,7 @@ fn a_delete_must_name_the_tenant_it_destroys() {
     env.run(&["tenant", "delete", "--tenant", &legal.id, "--name", &ops.name])
         .fails_with(&[&format!("tenant {} is named \"legal\", not \"-ops\"", legal.id), "nothing was deleted"]);
     env.run(&["tenant", "delete", "--tenant", &legal.id, "--name", "Legal"]).fails_with(&["nothing was deleted"]);
-    let after = snapshot(&env.data_dir());
-    let changed: Vec<_> = after.keys().filter(|k| before.get(*k) != after.get(*k)).collect();
-    assert!(changed.is_empty(), "{changed:?}");
+    assert_unchanged(&env.data_dir(), &before);
     env.assert_get(&legal.id, "k", b"kept");
     // A name that starts with a dash is taken as the value it is.
     let gone = env.run(&["tenant", "delete", "--tenant", &ops.id, "--name", "-ops", "--json"]).ok().json();
@@ -653,9 +651,7 @@ fn a_data_dir_moved_to_another_tpm_says_so_and_touches_that_tpm_not() {
     }
     let out = other.tpm2("tpm2_getcap").arg("handles-persistent").output().expect("tpm2_getcap");
     assert!(out.status.success() && out.stdout.is_empty(), "{:?}", String::from_utf8_lossy(&out.stdout));
-    let after = snapshot(&env.data_dir());
-    let changed: Vec<_> = after.keys().filter(|k| before.get(*k) != after.get(*k)).collect();
-    assert!(changed.is_empty(), "{changed:?}");
+    assert_unchanged(&env.data_dir(), &before);
     // On its own TPM it works as before.
     env.assert_get(&t.id, "k", b"kept");
 }
