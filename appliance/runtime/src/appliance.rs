@@ -533,7 +533,7 @@ fn liveness_of(slot: SlotNumber) -> Result<LivenessSlot, ApplianceError> {
 /// recorded operations. Files only: the caller may hold the registry. `None` when there is none.
 fn signs_of_use(dd: &DataDir) -> Result<Option<String>, ApplianceError> {
     let mut signs = Vec::new();
-    let tenants = dd.root().join("tenants");
+    let tenants = dd.tenants_dir();
     match std::fs::read_dir(&tenants) {
         // Tenant directories, not creation markers (`.creating-<id>`).
         Ok(entries) => match entries.flatten().filter(|e| !e.file_name().to_string_lossy().starts_with('.')).count() {
@@ -1217,7 +1217,7 @@ impl Appliance {
     /// tenant. One left behind marks what a creation that was killed left; a directory without one is
     /// never removed for being unlisted (the registry may have been restored from an older copy).
     fn creating_marker(&self, id: TenantId) -> std::path::PathBuf {
-        self.dd.root().join("tenants").join(format!(".creating-{id}"))
+        self.dd.tenants_dir().join(format!(".creating-{id}"))
     }
 
     /// Removes what tenant creations that were killed left: the directory of each tenant with a creation
@@ -1225,7 +1225,7 @@ impl Appliance {
     /// writing, so no creation runs meanwhile. Best effort: what cannot be removed is logged and left
     /// for the next creation.
     fn sweep_unfinished_creations(&self, registry: &Registry) {
-        let tenants = self.dd.root().join("tenants");
+        let tenants = self.dd.tenants_dir();
         let Ok(entries) = std::fs::read_dir(&tenants) else { return };
         for entry in entries.flatten() {
             let name = entry.file_name();

@@ -31,17 +31,26 @@ use serde::{Deserialize, Serialize};
 /// Version of the data-dir layout this build writes and reads.
 pub const LAYOUT_VERSION: u32 = 1;
 
-/// The names Bulwark gives what it keeps at the top of a data dir, and `lost+found`, which a file system
-/// made for the data dir holds from the start.
+const CONFIG_FILE: &str = "appliance.toml";
+const PROFILE_FILE: &str = "profile.toml";
+const REGISTRY_FILE: &str = "registry.redb";
+const INIT_LOCK_FILE: &str = "init.lock";
+const SWTPM_DIR: &str = "swtpm";
+const SWTPM_LOCK_FILE: &str = "swtpm.lock";
+const TENANTS_DIR: &str = "tenants";
+const APPLIANCE_DIR: &str = "appliance";
+
+/// The names Bulwark gives what it keeps at the top of a data dir (the ones above, and the runtime log),
+/// and `lost+found`, which a file system made for the data dir holds from the start.
 const OWN_NAMES: &[&str] = &[
-    "appliance.toml",
-    "profile.toml",
-    "registry.redb",
-    "init.lock",
-    "swtpm",
-    "swtpm.lock",
-    "tenants",
-    "appliance",
+    CONFIG_FILE,
+    PROFILE_FILE,
+    REGISTRY_FILE,
+    INIT_LOCK_FILE,
+    SWTPM_DIR,
+    SWTPM_LOCK_FILE,
+    TENANTS_DIR,
+    APPLIANCE_DIR,
     bulwark_boot::runtime::LOG_FILE_NAME,
     "lost+found",
 ];
@@ -191,31 +200,39 @@ impl DataDir {
     }
     /// `D/appliance.toml`.
     pub fn config_path(&self) -> PathBuf {
-        self.root.join("appliance.toml")
+        self.root.join(CONFIG_FILE)
     }
     /// `D/profile.toml`.
     pub fn profile_path(&self) -> PathBuf {
-        self.root.join("profile.toml")
+        self.root.join(PROFILE_FILE)
     }
     /// `D/registry.redb`.
     pub fn registry_path(&self) -> PathBuf {
-        self.root.join("registry.redb")
+        self.root.join(REGISTRY_FILE)
     }
     /// `D/init.lock`, held by `init` from its first write to its last.
     pub fn init_lock_path(&self) -> PathBuf {
-        self.root.join("init.lock")
+        self.root.join(INIT_LOCK_FILE)
     }
     /// `D/swtpm`, the managed swtpm's state.
     pub fn swtpm_dir(&self) -> PathBuf {
-        self.root.join("swtpm")
+        self.root.join(SWTPM_DIR)
     }
     /// `D/appliance`: the appliance's sealed signing key and its ledger.
     pub fn appliance_dir(&self) -> PathBuf {
-        self.root.join("appliance")
+        self.root.join(APPLIANCE_DIR)
+    }
+    /// `D/swtpm.lock`, held while a process uses the managed swtpm.
+    pub fn swtpm_lock_path(&self) -> PathBuf {
+        self.root.join(SWTPM_LOCK_FILE)
+    }
+    /// `D/tenants`.
+    pub fn tenants_dir(&self) -> PathBuf {
+        self.root.join(TENANTS_DIR)
     }
     /// `D/tenants/<id>`.
     pub fn tenant_dir(&self, id: &crate::ids::TenantId) -> PathBuf {
-        self.root.join("tenants").join(id.to_string())
+        self.tenants_dir().join(id.to_string())
     }
 
     /// Creates the data dir owner-only (mode 0700) if it is missing, and takes group and other access away
@@ -347,7 +364,7 @@ impl DataDir {
             return Err(DataDirError::AlreadyInitialised(self.root.clone()));
         }
         self.make_private()?;
-        fs::create_dir_all(self.root.join("tenants")).map_err(io_err(&self.root))?;
+        fs::create_dir_all(self.tenants_dir()).map_err(io_err(&self.root))?;
         let text = toml::to_string(config)
             .map_err(|e| DataDirError::Io { path: self.config_path(), source: std::io::Error::other(e) })?;
         let pp = self.profile_path();

@@ -72,7 +72,7 @@ impl Machine {
             } else {
                 // The swtpm's state lives in the data dir, so init needs it before it writes anything else.
                 dd.make_private().map_err(|e| MachineError::DataDir(Box::new(e)))?;
-                let path = dd.root().join("swtpm.lock");
+                let path = dd.swtpm_lock_path();
                 let lock = lock_within(&path, SWTPM_LOCK_WAIT)
                     .map_err(|source| MachineError::Io { path: path.clone(), source })?
                     .ok_or(MachineError::Busy(path))?;
