@@ -24,6 +24,7 @@ use crate::ids::{ApplianceId, IdError, TenantId};
 use crate::machine::{Machine, MachineError};
 use crate::measure::{self, MeasureError};
 use crate::registry::{Registry, RegistryError, SlotNumber, TenantRecord};
+use crate::report::with_causes;
 use crate::secret::SecretKey;
 use crate::vault::{RecordInfo, RecordValue, Vault, VaultError};
 
@@ -170,6 +171,21 @@ pub enum ApplianceError {
         #[source]
         source: Box<ApplianceError>,
     },
+    /// The registry entry of a new tenant may or may not have been stored (see
+    /// [`RegistryError::Unsettled`]); its directory stays until the next creation tells.
+    #[error(
+        "whether tenant {name:?} was created could not be told; once the cause below is removed, `bulwark tenant \
+         list` shows it: if it lists {name:?}, that tenant's recovery secret was never shown, so delete it \
+         (`bulwark tenant delete`) and create it again; if not, the next tenant creation removes what this one \
+         left"
+    )]
+    CreationUnsettled {
+        /// The new tenant's name.
+        name: String,
+        /// Why it could not be told.
+        #[source]
+        source: RegistryError,
+    },
     /// The TPM is not the one the data dir was initialised with.
     #[error(
         "{} was initialised with another TPM than {tpm} (its storage root key differs): the TPM was cleared or \
@@ -288,6 +304,21 @@ pub enum ApplianceError {
     },
 }
 
+impl ApplianceError {
+    /// Whether the operation that failed so may have taken effect all the same, in whole or in part: the
+    /// file system failed a write's commit and the file could not then be reopened to look whether the
+    /// write reached it, or a tenant's key was shredded but its files stayed.
+    pub fn effect_unknown(&self) -> bool {
+        matches!(
+            self,
+            ApplianceError::Vault(VaultError::Unsettled { .. })
+                | ApplianceError::Registry(RegistryError::Unsettled { .. })
+                | ApplianceError::CreationUnsettled { .. }
+                | ApplianceError::DeleteUnfinished { .. }
+        )
+    }
+}
+
 /// A tenant's recovery secret: 32 random bytes, shown once at creation as 64 hex digits in groups.
 pub struct RecoverySecret(SecretKey);
 
@@ -368,6 +399,13 @@ fn settle<T>(gate: &Gate, token: Attested, done: Result<(Digest, T), ApplianceEr
     unrecorded(op, done, refused)
 }
 
+/// The result digest of a failed operation that may have taken effect all the same (see
+/// [`ApplianceError::effect_unknown`]): SHA-256 of `bulwark/outcome/effect-unknown/v1`, public, so an
+/// auditor tells such a failure from one that changed nothing.
+pub fn effect_unknown() -> Digest {
+    Digest::Public(Hash::of_parts(&[b"bulwark/outcome/effect-unknown/v1"]))
+}
+
 /// Appends the outcome of the operation `token` attests; returns what the operation returned and, apart,
 /// why the ledger could not take the outcome, if it could not.
 fn record_outcome<T>(
@@ -377,6 +415,7 @@ fn record_outcome<T>(
 ) -> (Result<T, ApplianceError>, Option<LedgerError>) {
     let outcome = match &done {
         Ok((result, _)) => Outcome::success(*result),
+        Err(e) if e.effect_unknown() => Outcome::failure(effect_unknown()),
         Err(_) => Outcome::failure(Digest::None),
     };
     let refused = gate.complete(token, outcome).err();
@@ -394,18 +433,6 @@ fn unrecorded<T>(
         (Ok(_), Some(source)) => Err(ApplianceError::OutcomeUnrecorded { op, source }),
         (Err(error), Some(source)) => Err(ApplianceError::FailureUnrecorded { op, error: with_causes(&error), source }),
     }
-}
-
-/// `e` and its causes on one line.
-fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
 }
 
 /// Who acts through the CLI. Until the TLS API authenticates callers, the CLI's actor is the tenant's
@@ -1134,7 +1161,9 @@ impl Appliance {
         let created = self.as_owner().and_then(|()| {
             let slot = self.claim_slot(&registry)?;
             let created = self.create_tenant_files(id, name, &registry, &seed, signer, slot);
-            if created.is_err() {
+            // A creation whose registry entry may have been stored keeps its directory and its creation
+            // marker: the next creation removes them if the registry does not list the tenant.
+            if created.as_ref().is_err_and(|e| !e.effect_unknown()) {
                 self.abandon_tenant(id, slot);
             }
             created
@@ -1205,7 +1234,10 @@ impl Appliance {
         // The registry entry comes last: a crash before it leaves a directory that the next creation
         // removes (its marker says so; a failure returned before it is undone by `abandon_tenant`), never
         // a listed tenant without a sealed key.
-        registry.insert(&record)?;
+        registry.insert(&record).map_err(|e| match e {
+            RegistryError::Unsettled { .. } => ApplianceError::CreationUnsettled { name: name.to_string(), source: e },
+            e => e.into(),
+        })?;
         if let Err(e) = std::fs::remove_file(&marker) {
             // Harmless: the next creation finds the tenant listed and removes only the marker.
             tracing::warn!(tenant = %id, marker = %marker.display(), error = %e, "could not remove the creation marker");
@@ -1403,6 +1435,20 @@ mod tests {
         let failed = Err(ApplianceError::Vault(VaultError::NotFound("k".into())));
         let e = unrecorded::<u64>(OpKind::VaultGet, failed, None).expect_err("failed");
         assert!(matches!(e, ApplianceError::Vault(VaultError::NotFound(_))), "{e:?}");
+    }
+
+    #[test]
+    fn only_failures_that_may_have_taken_effect_are_marked_so() {
+        let full = || std::io::Error::from(std::io::ErrorKind::StorageFull);
+        let unsettled = ApplianceError::Vault(VaultError::Unsettled { source: full(), reopen: "moved".into() });
+        assert!(unsettled.effect_unknown());
+        let registry = RegistryError::Unsettled { source: full(), reopen: "moved".into() };
+        assert!(ApplianceError::CreationUnsettled { name: "legal".into(), source: registry }.effect_unknown());
+        assert!(!ApplianceError::Vault(VaultError::Storage(full())).effect_unknown());
+        assert!(!ApplianceError::Registry(RegistryError::Storage(full())).effect_unknown());
+        // The mark is a public digest an auditor can compute: SHA-256 of its label.
+        let label = b"bulwark/outcome/effect-unknown/v1";
+        assert_eq!(effect_unknown(), Digest::Public(Hash(sha2::Sha256::digest(label).into())));
     }
 
     #[test]

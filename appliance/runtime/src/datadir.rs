@@ -163,6 +163,16 @@ pub(crate) fn storage_io(e: impl Into<redb::Error>) -> Result<std::io::Error, re
     }
 }
 
+/// Commits `tx`. Unit tests can make the next commit on their thread fail as a full disk would, before or
+/// after it reaches the file (`tests::CommitFault`).
+pub(crate) fn commit(tx: redb::WriteTransaction) -> Result<(), redb::CommitError> {
+    #[cfg(test)]
+    if let Some(fault) = tests::COMMIT_FAULT.take() {
+        return fault.apply(tx);
+    }
+    tx.commit()
+}
+
 /// Opens the lock file at `path` (creating it if needed) and takes an exclusive `flock` on it, waiting up
 /// to `wait` while another process holds it: `Ok(None)` when the wait ran out. The lock lasts as long as
 /// the returned file stays open.
@@ -404,8 +414,48 @@ impl DataDir {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// How a unit test makes the next redb commit on its thread fail as a full disk would.
+    #[derive(Debug)]
+    pub(crate) enum CommitFault {
+        /// Nothing reaches the file.
+        Before,
+        /// The commit reaches the file all the same.
+        After,
+        /// The commit reaches the file, which is then moved from this path to `<path>.away`, so it cannot
+        /// be reopened.
+        AfterThenAway(PathBuf),
+    }
+
+    thread_local! {
+        pub(crate) static COMMIT_FAULT: std::cell::Cell<Option<CommitFault>> = const { std::cell::Cell::new(None) };
+    }
+
+    impl CommitFault {
+        /// Makes the next commit on this thread fail so.
+        pub(crate) fn next(self) {
+            COMMIT_FAULT.set(Some(self));
+        }
+
+        pub(super) fn apply(self, tx: redb::WriteTransaction) -> Result<(), redb::CommitError> {
+            match &self {
+                CommitFault::Before => tx.abort().map_err(redb::CommitError::Storage)?,
+                CommitFault::After | CommitFault::AfterThenAway(_) => tx.commit()?,
+            }
+            if let CommitFault::AfterThenAway(path) = &self {
+                std::fs::rename(path, away(path)).expect("move the file away");
+            }
+            let full = std::io::Error::from(std::io::ErrorKind::StorageFull);
+            Err(redb::CommitError::Storage(redb::StorageError::Io(full)))
+        }
+    }
+
+    /// Where [`CommitFault::AfterThenAway`] moves the file at `path`.
+    pub(crate) fn away(path: &Path) -> PathBuf {
+        path.with_extension("away")
+    }
 
     fn test_config() -> ApplianceConfig {
         ApplianceConfig {

@@ -7,9 +7,10 @@
 //! at worst list a tenant that can no longer be unlocked, or miss one that still can.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use redb::{Database, ReadOnlyDatabase, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadOnlyDatabase, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use crate::ids::TenantId;
@@ -46,6 +47,20 @@ pub enum RegistryError {
     /// that fails so changes nothing.
     #[error("the tenant registry could not be read or written (nothing was changed)")]
     Storage(#[source] std::io::Error),
+    /// The file system failed a write's commit, and the registry could not be reopened to tell whether
+    /// the change reached the file.
+    #[error(
+        "the tenant registry could not be written, and whether the change was stored could not be told \
+         (reopening the file to look failed: {reopen}); once the cause is removed, `bulwark tenant list` shows \
+         which"
+    )]
+    Unsettled {
+        /// Why the commit failed.
+        #[source]
+        source: std::io::Error,
+        /// Why the file could not be reopened, with its causes.
+        reopen: String,
+    },
 }
 
 fn store<E: Into<redb::Error>>(e: E) -> RegistryError {
@@ -56,6 +71,21 @@ fn store<E: Into<redb::Error>>(e: E) -> RegistryError {
 }
 
 /// A record that does not decode (or encode) as a [`TenantRecord`].
+/// The stored bytes of tenant `id`'s record, if `tx` sees one.
+fn stored_bytes(tx: &redb::ReadTransaction, id: TenantId) -> Result<Option<Vec<u8>>, RegistryError> {
+    let t = match tx.open_table(TENANTS) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(e) => return Err(store(e)),
+    };
+    Ok(t.get(id.as_bytes()).map_err(store)?.map(|v| v.value().to_vec()))
+}
+
+/// The error for a registry whose reopen after a failed commit failed.
+fn lost() -> RegistryError {
+    RegistryError::Store("the tenant registry could not be reopened after a failed write".into())
+}
+
 fn malformed(e: postcard::Error) -> RegistryError {
     RegistryError::Store(Box::new(e))
 }
@@ -82,13 +112,16 @@ pub struct TenantRecord {
 /// The open registry: read-only unless opened for writing, so a command that only reads (every vault
 /// command) never changes the file.
 pub struct Registry {
-    db: Store,
+    path: PathBuf,
+    db: Mutex<Store>,
 }
 
 enum Store {
     Missing,
     ReadOnly(ReadOnlyDatabase),
     Writable(Database),
+    /// A writable registry whose reopen failed after a failed commit.
+    Lost,
 }
 
 impl std::fmt::Debug for Registry {
@@ -153,13 +186,13 @@ impl Registry {
     /// Opens the registry at `path` for reading only (a missing file reads as empty).
     pub fn open_read_only(path: &Path) -> Result<Self, RegistryError> {
         if !path.exists() {
-            return Ok(Registry { db: Store::Missing });
+            return Ok(Registry::new(path, Store::Missing));
         }
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         let mut repaired = false;
         loop {
             match ReadOnlyDatabase::open(path) {
-                Ok(db) => return Ok(Registry { db: Store::ReadOnly(db) }),
+                Ok(db) => return Ok(Registry::new(path, Store::ReadOnly(db))),
                 // Not closed cleanly (a crash, or a full disk as it closed): only a read-write open
                 // repairs it, once.
                 Err(redb::DatabaseError::RepairAborted) if !repaired => {
@@ -188,7 +221,7 @@ impl Registry {
                 create_whole(path)?;
             }
             match Database::open(path) {
-                Ok(db) => return Ok(Registry { db: Store::Writable(db) }),
+                Ok(db) => return Ok(Registry::new(path, Store::Writable(db))),
                 Err(redb::DatabaseError::DatabaseAlreadyOpen) if std::time::Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(10));
                 }
@@ -201,18 +234,87 @@ impl Registry {
         }
     }
 
-    fn writable(&self) -> Result<&Database, RegistryError> {
-        match &self.db {
-            Store::Writable(db) => Ok(db),
-            _ => Err(RegistryError::ReadOnly),
-        }
+    fn new(path: &Path, db: Store) -> Self {
+        Registry { path: path.to_path_buf(), db: Mutex::new(db) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Store> {
+        // The guarded value is a handle; a panic while it was held leaves it as it was.
+        self.db.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A durable write transaction.
+    fn begin_write(&self) -> Result<WriteTransaction, RegistryError> {
+        let mut tx = match &*self.lock() {
+            Store::Writable(db) => db.begin_write().map_err(store)?,
+            Store::Lost => return Err(lost()),
+            _ => return Err(RegistryError::ReadOnly),
+        };
+        tx.set_durability(redb::Durability::Immediate).map_err(store)?;
+        Ok(tx)
     }
 
     fn begin_read(&self) -> Result<Option<redb::ReadTransaction>, RegistryError> {
-        match &self.db {
+        match &*self.lock() {
             Store::Missing => Ok(None),
             Store::ReadOnly(db) => db.begin_read().map(Some).map_err(store),
             Store::Writable(db) => db.begin_read().map(Some).map_err(store),
+            Store::Lost => Err(lost()),
+        }
+    }
+
+    /// Commits `tx`. A commit that the file system fails (a full disk, an I/O error) may still have reached
+    /// the file (redb writes the new header and the pages it names in one flush, in no fixed order, and
+    /// the next open keeps the newest commit whose pages all check out), so the registry reopens the file
+    /// at once, as that open would, and asks `stored` of it: the commit's error stands only when the
+    /// change is not there, and [`RegistryError::Unsettled`] says so when the file cannot be reopened.
+    fn commit_settled(
+        &self,
+        tx: WriteTransaction,
+        stored: impl FnOnce(&redb::ReadTransaction) -> Result<bool, RegistryError>,
+    ) -> Result<(), RegistryError> {
+        let failed = match crate::datadir::commit(tx).map_err(store) {
+            Ok(()) => return Ok(()),
+            Err(RegistryError::Storage(e)) => e,
+            Err(e) => return Err(e),
+        };
+        let landed = self.reopen().and_then(|()| match self.begin_read()? {
+            Some(tx) => stored(&tx),
+            None => Ok(false),
+        });
+        match landed {
+            Ok(true) => {
+                tracing::warn!(
+                    path = %self.path.display(),
+                    error = %failed,
+                    "the file system reported a failure as a registry write was committed, but the write reached \
+                     the file: it stands"
+                );
+                Ok(())
+            }
+            Ok(false) => Err(RegistryError::Storage(failed)),
+            Err(e) => Err(RegistryError::Unsettled { source: failed, reopen: crate::report::with_causes(&e) }),
+        }
+    }
+
+    /// Closes the writable handle and opens the file afresh (repairing it, as the next opener would, if the
+    /// failed commit left it needing that).
+    fn reopen(&self) -> Result<(), RegistryError> {
+        let mut db = self.lock();
+        *db = Store::Lost;
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            match Database::open(&self.path) {
+                Ok(fresh) => {
+                    *db = Store::Writable(fresh);
+                    return Ok(());
+                }
+                // Closing the old handle may take redb a moment to release its file lock.
+                Err(redb::DatabaseError::DatabaseAlreadyOpen) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(e) => return Err(store(e)),
+            }
         }
     }
 
@@ -231,14 +333,14 @@ impl Registry {
 
     /// Records that `slot` was handed out: later searches start above it.
     pub fn slot_handed_out(&self, slot: SlotNumber) -> Result<(), RegistryError> {
-        let mut tx = self.writable()?.begin_write().map_err(store)?;
-        tx.set_durability(redb::Durability::Immediate).map_err(store)?;
+        let tx = self.begin_write()?;
         {
             let mut c = tx.open_table(COUNTERS).map_err(store)?;
             let next = c.get(NEXT_SLOT).map_err(store)?.map(|v| v.value()).unwrap_or(0);
             c.insert(NEXT_SLOT, next.max(slot.0.saturating_add(1))).map_err(store)?;
         }
-        tx.commit().map_err(store)
+        // Only a hint (see `next_slot`): a failed commit that reached the file all the same harms nothing.
+        crate::datadir::commit(tx).map_err(store)
     }
 
     /// Adds a tenant record. Fails if a live tenant has its name.
@@ -248,22 +350,16 @@ impl Registry {
             return Err(RegistryError::NameTaken(rec.name.clone()));
         }
         let bytes = postcard::to_stdvec(rec).map_err(malformed)?;
-        let mut tx = self.writable()?.begin_write().map_err(store)?;
-        tx.set_durability(redb::Durability::Immediate).map_err(store)?;
+        let tx = self.begin_write()?;
         tx.open_table(TENANTS).map_err(store)?.insert(rec.id.as_bytes(), bytes.as_slice()).map_err(store)?;
-        tx.commit().map_err(store)
+        self.commit_settled(tx, |tx| Ok(stored_bytes(tx, rec.id)?.is_some_and(|v| v == bytes)))
     }
 
     /// Looks a tenant up by id.
     pub fn get(&self, id: TenantId) -> Result<TenantRecord, RegistryError> {
         let Some(tx) = self.begin_read()? else { return Err(RegistryError::UnknownTenant(id)) };
-        let t = match tx.open_table(TENANTS) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Err(RegistryError::UnknownTenant(id)),
-            Err(e) => return Err(store(e)),
-        };
-        let v = t.get(id.as_bytes()).map_err(store)?.ok_or(RegistryError::UnknownTenant(id))?;
-        postcard::from_bytes(v.value()).map_err(malformed)
+        let bytes = stored_bytes(&tx, id)?.ok_or(RegistryError::UnknownTenant(id))?;
+        postcard::from_bytes(&bytes).map_err(malformed)
     }
 
     /// Every tenant, ordered by name.
@@ -285,17 +381,61 @@ impl Registry {
 
     /// Removes a tenant record.
     pub fn remove(&self, id: TenantId) -> Result<(), RegistryError> {
-        let mut tx = self.writable()?.begin_write().map_err(store)?;
-        tx.set_durability(redb::Durability::Immediate).map_err(store)?;
+        let tx = self.begin_write()?;
         let existed = tx.open_table(TENANTS).map_err(store)?.remove(id.as_bytes()).map_err(store)?.is_some();
-        tx.commit().map_err(store)?;
-        if existed { Ok(()) } else { Err(RegistryError::UnknownTenant(id)) }
+        if !existed {
+            // Nothing was removed; the transaction is dropped uncommitted.
+            return Err(RegistryError::UnknownTenant(id));
+        }
+        self.commit_settled(tx, |tx| Ok(stored_bytes(tx, id)?.is_none()))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::datadir::tests::{CommitFault, away};
+
+    #[test]
+    fn a_write_the_file_system_fails_is_reported_as_what_reached_the_file() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("registry.redb");
+        let r = Registry::open(&path).unwrap();
+        let tenant = |name: &str, slot| TenantRecord {
+            id: TenantId::random().unwrap(),
+            name: name.into(),
+            created_unix: 1,
+            slot: SlotNumber(slot),
+        };
+        let names = |r: &Registry| r.list().unwrap().into_iter().map(|t| t.name).collect::<Vec<_>>();
+        let (a, b, c) = (tenant("a", 0), tenant("b", 1), tenant("c", 2));
+        // Failed before it reached the file: the error stands and nothing changed.
+        CommitFault::Before.next();
+        let e = r.insert(&a);
+        assert!(matches!(e, Err(RegistryError::Storage(_))), "{e:?}");
+        assert!(names(&r).is_empty());
+        // Reported as failed but on the file: the write stands.
+        CommitFault::After.next();
+        r.insert(&a).unwrap();
+        assert_eq!(names(&r), ["a"]);
+        CommitFault::Before.next();
+        assert!(matches!(r.remove(a.id), Err(RegistryError::Storage(_))));
+        assert_eq!(names(&r), ["a"]);
+        CommitFault::After.next();
+        r.remove(a.id).unwrap();
+        assert!(names(&r).is_empty());
+        // The registry goes on writing after the reopen.
+        r.insert(&b).unwrap();
+        // On the file, but the file cannot be reopened to tell: unsettled, and the file once back shows it.
+        CommitFault::AfterThenAway(path.clone()).next();
+        let e = r.insert(&c).unwrap_err();
+        assert!(matches!(e, RegistryError::Unsettled { .. }), "{e:?}");
+        assert!(e.to_string().contains("`bulwark tenant list` shows"), "{e}");
+        assert!(r.list().is_err(), "a registry that could not be reopened still answered");
+        drop(r);
+        std::fs::rename(away(&path), &path).unwrap();
+        assert_eq!(names(&Registry::open_read_only(&path).unwrap()), ["b", "c"]);
+    }
 
     #[test]
     fn a_creation_killed_half_way_leaves_nothing_that_blocks_the_next() {

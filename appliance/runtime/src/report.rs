@@ -37,6 +37,18 @@ pub fn print_error(e: &(dyn Error + 'static)) {
     }
 }
 
+/// `e` and its causes on one line, for an error that carries another's text.
+pub fn with_causes(e: &(dyn Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
 /// What can go wrong parsing `bulwark tpm policy-pcr` arguments.
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyArgError {

@@ -20,7 +20,10 @@
 //!
 //! Concurrency: a vault is held by one process at a time (an advisory lock on `vault.lock` beside the file);
 //! a second writer waits up to [`LOCK_WAIT`] and then gets [`VaultError::Busy`], never a torn write.
-//! Every write transaction is durable (fsync) before `put`/`delete` return.
+//! Every write transaction is durable (fsync) before `put`/`delete` return. A commit that the file system
+//! fails (a full disk) may still have reached the file; the vault reopens the file and looks before it
+//! answers, so a `put` or `delete` that returns an error did not take effect, unless the error is
+//! [`VaultError::Unsettled`] (the file could not be reopened to look).
 //!
 //! Reads are memoized: an open vault keeps the plaintext of records it wrote and of records read at least
 //! twice since it opened (at most [`MEMO_BYTES`], wiped when evicted or when the vault closes). A record
@@ -137,6 +140,19 @@ pub enum VaultError {
     /// that fails so changes nothing.
     #[error("the vault file could not be read or written (nothing was changed)")]
     Storage(#[source] std::io::Error),
+    /// The file system failed a write's commit, and the vault could not be reopened to tell whether the
+    /// change reached the file (see [`Vault::put`]).
+    #[error(
+        "the vault file could not be written, and whether the change was stored could not be told (reopening \
+         the file to look failed: {reopen}); once the cause is removed, reading the record shows which"
+    )]
+    Unsettled {
+        /// Why the commit failed.
+        #[source]
+        source: std::io::Error,
+        /// Why the file could not be reopened, with its causes.
+        reopen: String,
+    },
     /// A write was attempted on a vault opened with [`Vault::open_read_only`].
     #[error("this vault was opened read-only")]
     ReadOnly,
@@ -429,8 +445,33 @@ impl GuardedDb {
         match self.lock().as_ref() {
             Some(Store::Rw(d)) => d.begin_read().map_err(corrupt),
             Some(Store::Ro(d)) => d.begin_read().map_err(corrupt),
-            None => unreachable!("vault database used after drop"),
+            None => Err(VaultError::Corrupt("the vault file could not be reopened after a failed write".into())),
         }
+    }
+
+    /// Closes the handle and opens `path` afresh as the next opener would: read-only, or read-write when
+    /// the file must be repaired first (which picks the newest commit whose pages all check out).
+    fn reopen(&self, path: &Path) -> Result<(), VaultError> {
+        let mut store = self.lock();
+        let old = store.take();
+        let _ = caught(move || drop(old));
+        let start = Instant::now();
+        let fresh = loop {
+            let opened = match ReadOnlyDatabase::open(path) {
+                Err(redb::DatabaseError::RepairAborted) => Database::open(path).map(Store::Rw),
+                other => other.map(Store::Ro),
+            };
+            match opened {
+                Ok(db) => break db,
+                // Closing the old handle may take redb a moment to release its file lock.
+                Err(redb::DatabaseError::DatabaseAlreadyOpen) if start.elapsed() < UPGRADE_WAIT => {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(e) => return Err(corrupt(e)),
+            }
+        };
+        *store = Some(fresh);
+        Ok(())
     }
 
     fn begin_write(&self) -> Result<WriteTransaction, VaultError> {
@@ -668,6 +709,9 @@ impl Vault {
     }
 
     /// Stores `value` under `key` (a new version if it exists). Durable when it returns; returns the version.
+    ///
+    /// An error means the record was not stored, with one exception: [`VaultError::Unsettled`], when the
+    /// file system failed the commit and the file could not be reopened to tell (see `commit_settled`).
     pub fn put(&self, attested: &Attested, key: &str, value: &[u8]) -> Result<u64, VaultError> {
         let Recalled { target, locator, .. } = self.recall(key)?;
         self.check(attested, OpKind::VaultPut, &target)?;
@@ -856,6 +900,7 @@ impl Vault {
         tx.set_durability(redb::Durability::Immediate).map_err(corrupt)?;
         let version;
         let sealed;
+        let bytes;
         {
             let mut records = tx.open_table(RECORDS).map_err(corrupt)?;
             let mut meta = tx.open_table(META).map_err(corrupt)?;
@@ -874,7 +919,7 @@ impl Vault {
             body.version = version;
             let sealed_key = self.cipher.seal(&aad(AAD_RECORD_KEY, &self.tenant, locator, 0), key.as_bytes());
             let env = RecordEnvelope { body, key: sealed_key };
-            let bytes = encode(&env)?;
+            bytes = encode(&env)?;
             xor_into(&mut digest, &entry_mac(&self.mac_key, "records", locator, &bytes));
             records.insert(locator, bytes.as_slice()).map_err(corrupt)?;
             meta.insert(META_DIGEST, digest.as_slice()).map_err(corrupt)?;
@@ -882,7 +927,10 @@ impl Vault {
             sealed = sealed_id(version, &body.nonce, body.ciphertext.len());
         }
         self.cache().forget(key);
-        tx.commit().map_err(corrupt)?;
+        self.commit_settled(tx, |tx| {
+            let records = tx.open_table(RECORDS).map_err(corrupt)?;
+            Ok(records.get(locator).map_err(corrupt)?.is_some_and(|v| v.value() == bytes.as_slice()))
+        })?;
         if let Some(id) = sealed {
             self.cache().keep(key, RecordValue::new(id, Plaintext::new(value.to_vec())));
         }
@@ -963,8 +1011,40 @@ impl Vault {
             meta.insert(META_DIGEST, digest.as_slice()).map_err(corrupt)?;
         }
         self.cache().forget(key);
-        tx.commit().map_err(corrupt)?;
-        Ok(())
+        self.commit_settled(tx, |tx| {
+            Ok(tx.open_table(RECORDS).map_err(corrupt)?.get(locator).map_err(corrupt)?.is_none())
+        })
+    }
+
+    /// Commits `tx`. A commit that the file system fails (a full disk, an I/O error) may still have reached
+    /// the file: redb writes the new header and the pages it names in one flush, in no fixed order, and
+    /// the next open of the file keeps the newest commit whose pages all check out. So the vault reopens
+    /// the file at once, as that open would (repairing it if it must), and asks `stored` of the reopened
+    /// file: the commit's error stands only when the change is not there, and [`VaultError::Unsettled`]
+    /// says so when the file cannot be reopened to tell.
+    fn commit_settled(
+        &self,
+        tx: WriteTransaction,
+        stored: impl FnOnce(&ReadTransaction) -> Result<bool, VaultError>,
+    ) -> Result<(), VaultError> {
+        let failed = match crate::datadir::commit(tx).map_err(corrupt) {
+            Ok(()) => return Ok(()),
+            Err(VaultError::Storage(e)) => e,
+            Err(e) => return Err(e),
+        };
+        match self.db.reopen(&self.path).and_then(|()| stored(&self.db.begin_read()?)) {
+            Ok(true) => {
+                tracing::warn!(
+                    path = %self.path.display(),
+                    error = %failed,
+                    "the file system reported a failure as a vault write was committed, but the write reached the \
+                     file: it stands"
+                );
+                Ok(())
+            }
+            Ok(false) => Err(VaultError::Storage(failed)),
+            Err(e) => Err(VaultError::Unsettled { source: failed, reopen: crate::report::with_causes(&e) }),
+        }
     }
 
     fn put_secret_unguarded(&self, name: &str, secret: &SecretKey) -> Result<(), VaultError> {
@@ -1112,6 +1192,7 @@ fn decode_exactly<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, VaultErr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::datadir::tests::{CommitFault, away};
     use bulwark_ledger::oar::{Actor, OarDraft, Role, RuntimeState};
     use bulwark_ledger::{Gate, LedgerSigner, SignerSeed};
 
@@ -1177,6 +1258,48 @@ mod tests {
             assert_eq!(bytes, cache.memo_bytes);
             (kept.len(), bytes)
         }
+    }
+
+    #[test]
+    fn a_write_the_file_system_fails_is_reported_as_what_reached_the_file() {
+        let (_d, p, t, kek) = fresh();
+        let g = gate_for(t);
+        drop(Vault::create(&p, t, &kek).unwrap());
+        // Opened as commands open it: read-only first, read-write from the first write.
+        let v = Vault::open(&p, t, &kek).unwrap();
+        v.t_put(&g, "kept", b"v1").unwrap();
+        // Failed before it reached the file: the error stands and nothing changed.
+        CommitFault::Before.next();
+        assert!(matches!(v.t_put(&g, "kept", b"v2"), Err(VaultError::Storage(_))));
+        CommitFault::Before.next();
+        assert!(matches!(v.t_put(&g, "new", b"n"), Err(VaultError::Storage(_))));
+        CommitFault::Before.next();
+        assert!(matches!(v.t_delete(&g, "kept"), Err(VaultError::Storage(_))));
+        assert_eq!(&*v.t_get(&g, "kept").unwrap(), b"v1");
+        assert!(matches!(v.t_get(&g, "new"), Err(VaultError::NotFound(_))));
+        // Reported as failed but on the file: the write stands, and says so.
+        CommitFault::After.next();
+        assert_eq!(v.t_put(&g, "kept", b"v3").unwrap(), 2);
+        CommitFault::After.next();
+        assert_eq!(v.t_put(&g, "new", b"n").unwrap(), 1);
+        CommitFault::After.next();
+        v.t_delete(&g, "new").unwrap();
+        assert_eq!(&*v.t_get(&g, "kept").unwrap(), b"v3");
+        assert!(matches!(v.t_get(&g, "new"), Err(VaultError::NotFound(_))));
+        // The vault goes on writing after the reopen.
+        assert_eq!(v.t_put(&g, "later", b"l").unwrap(), 1);
+        // On the file, but the file cannot be reopened to tell: unsettled, and a read of the file once it is
+        // back shows the write.
+        CommitFault::AfterThenAway(p.clone()).next();
+        let e = v.t_put(&g, "kept", b"v4").unwrap_err();
+        assert!(matches!(e, VaultError::Unsettled { .. }), "{e:?}");
+        assert!(e.to_string().contains("whether the change was stored could not be told"), "{e}");
+        assert!(v.t_get(&g, "kept").is_err(), "a vault that could not be reopened still answered");
+        drop(v);
+        std::fs::rename(away(&p), &p).unwrap();
+        let v = Vault::open(&p, t, &kek).unwrap();
+        assert_eq!(&*v.t_get(&g, "kept").unwrap(), b"v4");
+        assert_eq!(v.t_verify(&g).unwrap(), 2);
     }
 
     fn fresh() -> (tempfile::TempDir, PathBuf, TenantId, SecretKey) {
