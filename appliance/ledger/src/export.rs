@@ -7,10 +7,13 @@
 //! copies exactly the tiles that checkpoint needs (a partial tile the writer has since replaced by its
 //! full tile is cut back to the snapshot width, which tlog-tiles guarantees is a prefix).
 
+use std::collections::BTreeSet;
+use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use crate::fsutil;
 use crate::ledger::{LEDGER_MARKER, checkpoint_history_path};
 use crate::merkle;
 use crate::note::SignedCheckpoint;
@@ -34,8 +37,20 @@ pub enum ExportError {
         source: io::Error,
     },
     /// The output directory exists and is not empty.
-    #[error("output directory {0} is not empty")]
+    #[error("output directory {0} is not empty; export into a new or empty directory (nothing was exported)")]
     NotEmpty(PathBuf),
+    /// The output directory holds a finished bundle.
+    #[error(
+        "output directory {0} holds an auditor bundle already; export into a new or empty directory (nothing was \
+             exported)"
+    )]
+    HoldsBundle(PathBuf),
+    /// The output directory holds what an export that was stopped before it finished left.
+    #[error(
+        "output directory {0} holds an unfinished bundle (an export was stopped before it wrote the BUNDLE file): \
+         it is no bundle; remove it and export again (nothing was exported)"
+    )]
+    Unfinished(PathBuf),
     /// The source is not a ledger, or its key is not the given key.
     #[error("{path}: {what}")]
     Source {
@@ -71,26 +86,30 @@ pub fn export_bundle(
     out_dir: &Path,
 ) -> Result<ExportSummary, ExportError> {
     let existed = out_dir.exists();
-    if existed && fs::read_dir(out_dir).map_err(io_err(out_dir))?.next().is_some() {
-        return Err(ExportError::NotEmpty(out_dir.to_path_buf()));
+    if existed {
+        refuse_non_empty(out_dir)?;
     }
-    fs::create_dir_all(out_dir).map_err(io_err(out_dir))?;
+    let mut written = Written::default();
+    fsutil::create_dirs(out_dir, &mut written.paths).map_err(io_err(out_dir))?;
     // Everything the bundle holds, into the empty `out_dir`.
     let written = (|| -> Result<ExportSummary, ExportError> {
-        let (tscope, tenant) = export_ledger(ledger_dir, tenant_key, &out_dir.join("tenant"))?;
+        let w = &mut written;
+        let (tscope, tenant) = export_ledger(ledger_dir, tenant_key, &out_dir.join("tenant"), w)?;
         if !matches!(tscope, LedgerScope::Tenant(_)) {
             return Err(ExportError::Source { path: ledger_dir.to_path_buf(), what: "not a tenant ledger".into() });
         }
-        let (ascope, appliance) = export_ledger(appliance_ledger_dir, appliance_key, &out_dir.join("appliance"))?;
+        let (ascope, appliance) = export_ledger(appliance_ledger_dir, appliance_key, &out_dir.join("appliance"), w)?;
         if !matches!(ascope, LedgerScope::Appliance(_)) {
             return Err(ExportError::Source {
                 path: appliance_ledger_dir.to_path_buf(),
                 what: "not the appliance ledger".into(),
             });
         }
+        // `BUNDLE` says the bundle is whole, so all the rest is durable before it is written.
+        fsutil::sync_paths(&w.paths).map_err(io_err(out_dir))?;
         let manifest = format!("{BUNDLE_MARKER}\ntenant {}\nappliance {}\n", tscope.origin(), ascope.origin());
         let p = out_dir.join("BUNDLE");
-        crate::fsutil::write_durable(&p, manifest.as_bytes()).map_err(io_err(&p))?;
+        fsutil::write_durable(&p, manifest.as_bytes()).map_err(io_err(&p))?;
         Ok(ExportSummary { tenant, appliance })
     })();
     if written.is_err() {
@@ -99,6 +118,51 @@ pub fn export_bundle(
         remove_partial(out_dir, existed);
     }
     written
+}
+
+/// Refuses a non-empty `out_dir`, saying what it holds: a finished bundle, what an export that was
+/// stopped left (the bundle's own names without its `BUNDLE` file), or anything else.
+fn refuse_non_empty(out_dir: &Path) -> Result<(), ExportError> {
+    let mut names = BTreeSet::new();
+    for entry in fs::read_dir(out_dir).map_err(io_err(out_dir))? {
+        names.insert(entry.map_err(io_err(out_dir))?.file_name());
+    }
+    if names.is_empty() {
+        return Ok(());
+    }
+    let ours = |n: &OsString| {
+        n == "tenant"
+            || n == "appliance"
+            || n == "BUNDLE"
+            || n.to_str().is_some_and(|n| n.ends_with(fsutil::TMP_SUFFIX))
+    };
+    let path = out_dir.to_path_buf();
+    Err(if !names.iter().all(ours) {
+        ExportError::NotEmpty(path)
+    } else if names.contains(OsStr::new("BUNDLE")) {
+        ExportError::HoldsBundle(path)
+    } else {
+        ExportError::Unfinished(path)
+    })
+}
+
+/// What an export wrote: each file, and each directory that got a new name, to be synced before the
+/// bundle's `BUNDLE` file is written.
+#[derive(Default)]
+struct Written {
+    paths: BTreeSet<PathBuf>,
+}
+
+impl Written {
+    /// Writes a new file at `path` (and the directories above it).
+    fn file(&mut self, path: &Path, bytes: &[u8]) -> Result<(), ExportError> {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        fsutil::create_dirs(dir, &mut self.paths).map_err(io_err(dir))?;
+        fs::write(path, bytes).map_err(io_err(path))?;
+        self.paths.insert(path.to_path_buf());
+        self.paths.insert(dir.to_path_buf());
+        Ok(())
+    }
 }
 
 /// Removes what a failed export wrote: `out_dir` itself if the export created it, else what it wrote
@@ -115,7 +179,12 @@ fn remove_partial(out_dir: &Path, existed: bool) {
 }
 
 /// Copy one ledger's snapshot into `out` (which must not exist).
-pub fn export_ledger(dir: &Path, key: &LedgerPublicKey, out: &Path) -> Result<(LedgerScope, TreeHead), ExportError> {
+fn export_ledger(
+    dir: &Path,
+    key: &LedgerPublicKey,
+    out: &Path,
+    w: &mut Written,
+) -> Result<(LedgerScope, TreeHead), ExportError> {
     let src_err = |what: String| ExportError::Source { path: dir.to_path_buf(), what };
     let marker_path = dir.join("LEDGER");
     let marker = fs::read_to_string(&marker_path).map_err(io_err(&marker_path))?;
@@ -148,23 +217,15 @@ pub fn export_ledger(dir: &Path, key: &LedgerPublicKey, out: &Path) -> Result<(L
     };
     let head = cp.head();
 
-    fs::create_dir_all(out).map_err(io_err(out))?;
-    let put = |rel: &str, bytes: &[u8]| -> Result<(), ExportError> {
-        let p = out.join(rel);
-        if let Some(parent) = p.parent() {
-            fs::create_dir_all(parent).map_err(io_err(parent))?;
-        }
-        fs::write(&p, bytes).map_err(io_err(&p))
-    };
-    put("key.pub.pem", key.to_spki_pem().as_bytes())?;
-    put("checkpoint", cp.text().as_bytes())?;
+    w.file(&out.join("key.pub.pem"), key.to_spki_pem().as_bytes())?;
+    w.file(&out.join("checkpoint"), cp.text().as_bytes())?;
 
     // Every checkpoint up to the snapshot, one file per checkpoint.
     for text in &notes {
         let (_, h) =
             SignedCheckpoint::parse_unverified(text).map_err(|e| src_err(format!("checkpoint history: {e}")))?;
         if h.size <= head.size {
-            put(&checkpoint_history_path(h.size), text.as_bytes())?;
+            w.file(&out.join(checkpoint_history_path(h.size)), text.as_bytes())?;
         }
     }
 
@@ -180,15 +241,15 @@ pub fn export_ledger(dir: &Path, key: &LedgerPublicKey, out: &Path) -> Result<(L
         let full = hashes_at_level / TILE_WIDTH as u64;
         let partial = usize::try_from(hashes_at_level % TILE_WIDTH as u64).unwrap_or(0);
         for n in 0..full {
-            copy_tile(dir, out, level, n, TILE_WIDTH, false)?;
+            copy_tile(dir, out, w, level, n, TILE_WIDTH, false)?;
             if level == 0 {
-                copy_tile(dir, out, 0, n, TILE_WIDTH, true)?;
+                copy_tile(dir, out, w, 0, n, TILE_WIDTH, true)?;
             }
         }
         if partial > 0 {
-            copy_tile(dir, out, level, full, partial, false)?;
+            copy_tile(dir, out, w, level, full, partial, false)?;
             if level == 0 {
-                copy_tile(dir, out, 0, full, partial, true)?;
+                copy_tile(dir, out, w, 0, full, partial, true)?;
             }
         }
         level += 1;
@@ -205,7 +266,15 @@ pub fn export_ledger(dir: &Path, key: &LedgerPublicKey, out: &Path) -> Result<(L
 
 /// Copy tile (or entry bundle) `n` of `width` at `level`; if the partial file is gone because the tile
 /// has since filled up, cut the full tile back to `width`.
-fn copy_tile(dir: &Path, out: &Path, level: u8, n: u64, width: usize, entries: bool) -> Result<(), ExportError> {
+fn copy_tile(
+    dir: &Path,
+    out: &Path,
+    w: &mut Written,
+    level: u8,
+    n: u64,
+    width: usize,
+    entries: bool,
+) -> Result<(), ExportError> {
     let rel = if entries { tiles::entries_path(n, width) } else { tiles::tile_path(level, n, width) };
     let src = dir.join(&rel);
     let bytes = match fs::read(&src) {
@@ -228,11 +297,7 @@ fn copy_tile(dir: &Path, out: &Path, level: u8, n: u64, width: usize, entries: b
         }
         Err(e) => return Err(ExportError::Io { path: src, source: e }),
     };
-    let p = out.join(&rel);
-    if let Some(parent) = p.parent() {
-        fs::create_dir_all(parent).map_err(io_err(parent))?;
-    }
-    fs::write(&p, bytes).map_err(io_err(&p))
+    w.file(&out.join(&rel), &bytes)
 }
 
 #[cfg(test)]
@@ -257,5 +322,38 @@ mod tests {
         // Run again with what it needs: it writes the bundle where the failed one was.
         export_bundle(&w.tenant_dir, &w.appliance_dir, &w.tenant_key, &w.appliance_key, &fresh).unwrap();
         assert!(fresh.join("BUNDLE").is_file());
+    }
+
+    #[test]
+    fn an_output_directory_in_use_is_refused_by_what_it_holds() {
+        let w = world(2);
+        let out = tempfile::tempdir().unwrap();
+        let export = |dir: &Path| export_bundle(&w.tenant_dir, &w.appliance_dir, &w.tenant_key, &w.appliance_key, dir);
+        let bundle = out.path().join("bundle");
+        export(&bundle).unwrap();
+        let before = crate::testutil::snapshot(&bundle);
+        assert!(matches!(export(&bundle), Err(ExportError::HoldsBundle(_))));
+        assert_eq!(crate::testutil::snapshot(&bundle), before, "a refused export changed the bundle");
+        // What an export that was killed before its BUNDLE file leaves: the same, less that file (and
+        // perhaps its temporary name).
+        let stopped = out.path().join("stopped");
+        export(&stopped).unwrap();
+        fs::rename(stopped.join("BUNDLE"), stopped.join(format!("BUNDLE{}", fsutil::TMP_SUFFIX))).unwrap();
+        let e = export(&stopped).unwrap_err();
+        assert!(matches!(e, ExportError::Unfinished(_)), "{e:?}");
+        assert!(e.to_string().contains("remove it and export again"), "{e}");
+        fs::remove_file(stopped.join(format!("BUNDLE{}", fsutil::TMP_SUFFIX))).unwrap();
+        fs::remove_dir_all(stopped.join("appliance")).unwrap();
+        assert!(matches!(export(&stopped), Err(ExportError::Unfinished(_))));
+        // Anything else is the user's, and named as just not empty.
+        let other = out.path().join("other");
+        fs::create_dir_all(other.join("tenant")).unwrap();
+        fs::write(other.join("notes.txt"), b"mine").unwrap();
+        assert!(matches!(export(&other), Err(ExportError::NotEmpty(_))));
+        assert_eq!(fs::read(other.join("notes.txt")).unwrap(), b"mine");
+        // Removed as the error says, the export runs.
+        fs::remove_dir_all(&stopped).unwrap();
+        export(&stopped).unwrap();
+        assert!(stopped.join("BUNDLE").is_file());
     }
 }

@@ -184,7 +184,7 @@ pub fn write_replace(path: &Path, bytes: &[u8], dirty: &mut BTreeSet<PathBuf>) -
 pub fn sync_dirs_during<R>(dirs: &BTreeSet<PathBuf>, f: impl FnOnce() -> R) -> (io::Result<()>, R) {
     let mut syncs = Syncs::new();
     for d in dirs {
-        syncs.queue(SyncItem::Dir(d.clone()));
+        syncs.queue(SyncItem::Path(d.clone()));
     }
     let r = f();
     (syncs.wait(), r)
@@ -192,7 +192,12 @@ pub fn sync_dirs_during<R>(dirs: &BTreeSet<PathBuf>, f: impl FnOnce() -> R) -> (
 
 /// fsync each directory (concurrently).
 pub fn sync_dirs(dirs: &BTreeSet<PathBuf>) -> io::Result<()> {
-    sync_staged(&[], dirs)
+    sync_paths(dirs)
+}
+
+/// fsync each file or directory, opened by its path (concurrently).
+pub fn sync_paths(paths: &BTreeSet<PathBuf>) -> io::Result<()> {
+    sync_all_items(paths.iter().map(|p| SyncItem::Path(p.clone())).collect())
 }
 
 /// A file written under its temporary name, not yet synced or renamed.
@@ -269,14 +274,15 @@ fn io_pool() -> Option<&'static IoPool> {
 
 enum SyncItem {
     File(File),
-    Dir(PathBuf),
+    /// A file or a directory, opened by its path to be synced.
+    Path(PathBuf),
 }
 
 impl SyncItem {
     fn sync(&self) -> io::Result<()> {
         match self {
             SyncItem::File(f) => f.sync_all(),
-            SyncItem::Dir(d) => File::open(d)?.sync_all(),
+            SyncItem::Path(p) => File::open(p)?.sync_all(),
         }
     }
 }
@@ -343,7 +349,7 @@ pub fn sync_staged(files: &[Staged], dirs: &BTreeSet<PathBuf>) -> io::Result<()>
     for s in files {
         items.push(SyncItem::File(s.file.try_clone()?));
     }
-    items.extend(dirs.iter().map(|d| SyncItem::Dir(d.clone())));
+    items.extend(dirs.iter().map(|d| SyncItem::Path(d.clone())));
     sync_all_items(items)
 }
 

@@ -85,6 +85,23 @@ pub(crate) mod testutil {
         pub(crate) tenant_seed: SignerSeed,
     }
 
+    /// Every file under `dir` and its bytes.
+    pub(crate) fn snapshot(dir: &std::path::Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+        let mut out = std::collections::BTreeMap::new();
+        let mut todo = vec![dir.to_path_buf()];
+        while let Some(d) = todo.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    todo.push(p);
+                } else {
+                    out.insert(p.clone(), std::fs::read(&p).unwrap());
+                }
+            }
+        }
+        out
+    }
+
     pub(crate) fn world(ops: usize) -> World {
         let dir = tempfile::tempdir().unwrap();
         let tenant = TenantId::random().unwrap();
