@@ -167,6 +167,7 @@ fn init_twice_and_bad_tenant_names_lose_nothing() {
         env.run(&["tenant", "create", bad]).fails_with(&["invalid tenant name"]);
     }
     env.run(&["tenant", "create", "legal"]).fails_with(&["exists already"]);
+    env.run(&["tenant", "create", "Legal"]).fails_with(&["\"legal\" exists already", "letter case"]);
     let list = env.run(&["tenant", "list", "--json"]).ok().json();
     assert_eq!(list["tenants"].as_array().map(Vec::len), Some(1), "{list}");
     assert_eq!(std::fs::read_dir(env.data_dir().join("tenants")).expect("tenants dir").count(), 1);

@@ -1148,9 +1148,7 @@ impl Appliance {
     pub fn create_tenant(&mut self, name: &str) -> Result<CreatedTenant, ApplianceError> {
         crate::registry::check_name(name)?;
         let registry = self.registry_mut()?;
-        if registry.list()?.iter().any(|t| t.name == name) {
-            return Err(RegistryError::NameTaken(name.to_string()).into());
-        }
+        registry.check_name_free(name)?;
         self.sweep_unfinished_creations(&registry);
         let id = TenantId::random()?;
         let seed = SignerSeed::generate()?;

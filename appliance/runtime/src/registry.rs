@@ -28,8 +28,8 @@ pub enum RegistryError {
     /// The name is empty, too long, or has characters outside `[A-Za-z0-9._-]`.
     #[error("invalid tenant name {0:?}: use 1-64 characters from A-Z a-z 0-9 . _ -")]
     BadName(String),
-    /// A live tenant has that name already.
-    #[error("a tenant named {0:?} exists already")]
+    /// A live tenant has that name already, or one that differs from it only in letter case.
+    #[error("a tenant named {0:?} exists already (tenant names must differ in more than letter case)")]
     NameTaken(String),
     /// No tenant with that id.
     #[error("no tenant {0} on this appliance")]
@@ -101,7 +101,7 @@ pub struct SlotNumber(pub u64);
 pub struct TenantRecord {
     /// Immutable id.
     pub id: TenantId,
-    /// Display name, unique among live tenants.
+    /// Display name, unique among live tenants regardless of letter case.
     pub name: String,
     /// Creation time, seconds since the Unix epoch.
     pub created_unix: u64,
@@ -343,12 +343,19 @@ impl Registry {
         crate::datadir::commit(tx).map_err(store)
     }
 
-    /// Adds a tenant record. Fails if a live tenant has its name.
+    /// Fails with [`RegistryError::NameTaken`] if a live tenant's name equals `name` but for letter case
+    /// (two tenants called `legal` and `Legal` would be told apart by nobody reading a listing aloud).
+    pub fn check_name_free(&self, name: &str) -> Result<(), RegistryError> {
+        match self.list()?.into_iter().find(|t| t.name.eq_ignore_ascii_case(name)) {
+            Some(holder) => Err(RegistryError::NameTaken(holder.name)),
+            None => Ok(()),
+        }
+    }
+
+    /// Adds a tenant record. Fails if a live tenant has its name (see [`Registry::check_name_free`]).
     pub fn insert(&self, rec: &TenantRecord) -> Result<(), RegistryError> {
         check_name(&rec.name)?;
-        if self.list()?.iter().any(|t| t.name == rec.name) {
-            return Err(RegistryError::NameTaken(rec.name.clone()));
-        }
+        self.check_name_free(&rec.name)?;
         let bytes = postcard::to_stdvec(rec).map_err(malformed)?;
         let tx = self.begin_write()?;
         tx.open_table(TENANTS).map_err(store)?.insert(rec.id.as_bytes(), bytes.as_slice()).map_err(store)?;
@@ -475,6 +482,10 @@ mod tests {
         r.insert(&rec).unwrap();
         let dup = TenantRecord { id: TenantId::random().unwrap(), name: "legal".into(), created_unix: 1, slot: s1 };
         assert!(matches!(r.insert(&dup), Err(RegistryError::NameTaken(_))));
+        let upper = TenantRecord { name: "LeGaL".into(), ..dup.clone() };
+        let e = r.insert(&upper).unwrap_err();
+        assert!(matches!(&e, RegistryError::NameTaken(held) if held == "legal"), "{e:?}");
+        assert!(e.to_string().contains("differ in more than letter case"), "{e}");
         assert_eq!(r.get(rec.id).unwrap(), rec);
         r.remove(rec.id).unwrap();
         assert!(matches!(r.get(rec.id), Err(RegistryError::UnknownTenant(_))));
