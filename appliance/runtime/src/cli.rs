@@ -120,7 +120,8 @@ pub enum VaultCmd {
         /// Which tenant.
         #[command(flatten)]
         sel: TenantSel,
-        /// Record key.
+        /// Record key: 1-256 bytes of UTF-8, no control characters, and no invisible or text-direction
+        /// characters (such as U+202E), so keys that look alike in a listing are alike.
         key: String,
         /// Store an empty value when stdin is empty.
         #[arg(long)]

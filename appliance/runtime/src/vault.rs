@@ -597,6 +597,24 @@ fn check_key(key: &str) -> Result<(), VaultError> {
     Ok(())
 }
 
+/// What a key a record is stored under from now on may not hold, beyond [`check_key`]: characters that
+/// are not seen but change how a key reads in a listing (text-direction overrides, embeddings, isolates
+/// and marks, zero-width spaces, word joiners, byte-order marks), so that two keys that look alike in a
+/// listing are one key. Zero-width joiners and non-joiners stay allowed (some scripts spell words with
+/// them). Records stored under such keys before stay readable and deletable.
+fn check_new_key(key: &str) -> Result<(), VaultError> {
+    let unseen = |c: char| {
+        matches!(c, '\u{061C}' | '\u{200B}' | '\u{200E}' | '\u{200F}' | '\u{FEFF}')
+            || ('\u{202A}'..='\u{202E}').contains(&c)
+            || ('\u{2060}'..='\u{2064}').contains(&c)
+            || ('\u{2066}'..='\u{2069}').contains(&c)
+    };
+    if key.chars().any(unseen) {
+        return Err(VaultError::BadKey("contains invisible or text-direction characters (such as U+202E)"));
+    }
+    Ok(())
+}
+
 fn lock_path(path: &Path) -> PathBuf {
     path.with_extension("lock")
 }
@@ -713,6 +731,7 @@ impl Vault {
     /// An error means the record was not stored, with one exception: [`VaultError::Unsettled`], when the
     /// file system failed the commit and the file could not be reopened to tell (see `commit_settled`).
     pub fn put(&self, attested: &Attested, key: &str, value: &[u8]) -> Result<u64, VaultError> {
+        check_new_key(key)?;
         let Recalled { target, locator, .. } = self.recall(key)?;
         self.check(attested, OpKind::VaultPut, &target)?;
         guarded(Some(&self.db), || self.put_unguarded(key, &locator, value))
@@ -1380,9 +1399,20 @@ mod tests {
         assert!(matches!(v.t_put(&g, "", b"x"), Err(VaultError::BadKey(_))));
         assert!(matches!(v.t_put(&g, &"a".repeat(257), b"x"), Err(VaultError::BadKey(_))));
         assert!(matches!(v.t_put(&g, "a\nb", b"x"), Err(VaultError::BadKey(_))));
+        for unseen in ["invoice\u{202E}fdp.exe", "a\u{200B}b", "\u{FEFF}k", "x\u{2066}y\u{2069}"] {
+            let e = v.t_put(&g, unseen, b"x").unwrap_err();
+            assert!(e.to_string().contains("invisible or text-direction"), "{unseen:?}: {e}");
+        }
+        // Scripts that spell with a zero-width non-joiner keep it.
+        v.t_put(&g, "\u{0645}\u{06CC}\u{200C}\u{062E}\u{0648}\u{0627}\u{0647}\u{0645}", b"y").unwrap();
+        // A record stored under such a key before the rule stays readable and deletable.
+        let old = "old\u{202E}key";
+        v.recall(old).and_then(|r| v.put_unguarded(old, &r.locator, b"z")).unwrap();
+        assert_eq!(&*v.t_get(&g, old).unwrap(), b"z");
+        v.t_delete(&g, old).unwrap();
         assert!(matches!(v.t_put(&g, "big", &vec![0u8; MAX_VALUE_LEN + 1]), Err(VaultError::TooLarge { .. })));
         assert_eq!(&*v.t_get(&g, "keep").unwrap(), b"x");
-        assert_eq!(v.t_verify(&g).unwrap(), 1);
+        assert_eq!(v.t_verify(&g).unwrap(), 2);
     }
 
     #[test]
