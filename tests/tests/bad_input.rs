@@ -62,6 +62,13 @@ fn unknown_and_malformed_tenant_ids_are_refused() {
             .fails_with(&["not an id", "32 lowercase hex digits"]);
     }
     env.get(&t.id, "missing").fails_with(&["no record \"missing\""]);
+    // With --json, the error is one JSON object on stderr's last line.
+    let run = env.run(&["vault", "get", "--tenant", &t.id, "missing", "--json"]);
+    assert!(!run.status.success() && run.stdout.is_empty(), "{}", run.stderr);
+    let last = run.stderr.lines().last().unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(last).unwrap_or_else(|e| panic!("{e}: {:?}", run.stderr));
+    assert!(v["error"].as_str().is_some_and(|m| m.contains("no record \"missing\"")), "{v}");
+    assert!(v["causes"].is_array(), "{v}");
     env.run_stdin(&["vault", "put", "--tenant", &t.id, ""], b"x").fails_with(&["invalid record key"]);
     env.run_stdin(&["vault", "put", "--tenant", &t.id, "a\nb"], b"x").fails_with(&["invalid record key"]);
     env.assert_get(&t.id, "k", b"kept");

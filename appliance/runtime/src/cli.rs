@@ -15,7 +15,8 @@ pub struct Cli {
     /// and manages for its data dir), `device:/dev/tpmrm0`, or `swtpm:host=127.0.0.1,port=N`.
     #[arg(long, global = true, default_value = "auto")]
     pub tpm: String,
-    /// Print one JSON object instead of text.
+    /// Print one JSON object instead of text; a failure prints `{"error": …, "causes": […]}` as the last
+    /// line of stderr.
     #[arg(long, global = true)]
     pub json: bool,
     /// What to do.

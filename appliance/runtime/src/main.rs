@@ -25,8 +25,13 @@ fn main() -> ExitCode {
     report::init_logging();
     report::install_panic_hook();
     let cli = Cli::parse();
+    let json = cli.json;
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if json => {
+            report::print_error_json(&*e);
+            ExitCode::FAILURE
+        }
         Err(e) => {
             report::print_error(&*e);
             ExitCode::FAILURE

@@ -37,6 +37,18 @@ pub fn print_error(e: &(dyn Error + 'static)) {
     }
 }
 
+/// For `--json`: the error as one JSON object on one line of stderr, `{"error": …, "causes": […]}` (the
+/// message, then each cause in order), after whatever was logged, so it is stderr's last line.
+pub fn print_error_json(e: &(dyn Error + 'static)) {
+    let mut causes = Vec::new();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        causes.push(c.to_string());
+        cause = c.source();
+    }
+    eprintln!("{}", serde_json::json!({ "error": e.to_string(), "causes": causes }));
+}
+
 /// `e` and its causes on one line, for an error that carries another's text.
 pub fn with_causes(e: &(dyn Error + 'static)) -> String {
     let mut text = e.to_string();
