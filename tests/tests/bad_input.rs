@@ -663,3 +663,48 @@ fn a_data_dir_moved_to_another_tpm_says_so_and_touches_that_tpm_not() {
     // On its own TPM it works as before.
     env.assert_get(&t.id, "k", b"kept");
 }
+
+#[test]
+fn output_that_cannot_be_written_is_reported_and_a_closed_pipe_ends_it_quietly() {
+    let env = Env::new();
+    env.init();
+    let t = env.create_tenant("legal");
+    env.put(&t.id, "k", b"kept");
+    // A full disk behind stdout: a clear error, never a panic; the command's own work stands.
+    for args in
+        [&["tenant", "list"][..], &["vault", "get", "--tenant", &t.id, "k"], &["vault", "list", "--tenant", &t.id]]
+    {
+        let mut c = env.cmd(args);
+        c.stdout(std::fs::File::create("/dev/full").expect("open /dev/full")).stderr(std::process::Stdio::piped());
+        let out = c.output().expect("run bulwark");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} wrote to a full stdout and succeeded");
+        assert!(stderr.contains("cannot write to stdout") && stderr.contains("No space left"), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+    // A reader that went away before the output (`| head -0`): no error, no panic.
+    for args in
+        [&["tenant", "list"][..], &["vault", "get", "--tenant", &t.id, "k"], &["tenant", "pubkey", "--tenant", &t.id]]
+    {
+        let mut c = env.cmd(args);
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        c.stdout(writer).stderr(std::process::Stdio::piped());
+        let out = c.output().expect("run bulwark");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success() && stderr.is_empty(), "{args:?}: {:?}\n{stderr}", out.status);
+    }
+    // The verifier's exit status is its verdict: a report it cannot write is said on stderr.
+    let bundle = env.scratch().join("bundle");
+    env.run(&["ledger", "export", "--tenant", &t.id, "--out", bundle.to_str().expect("utf-8 path")]).ok();
+    let key = env.scratch().join("legal.pem");
+    std::fs::write(&key, env.run(&["tenant", "pubkey", "--tenant", &t.id]).ok().stdout).expect("write key");
+    let mut c = std::process::Command::new(bulwark_tests::verify_bin());
+    c.arg(&bundle).arg("--key").arg(&key);
+    c.stdout(std::fs::File::create("/dev/full").expect("open /dev/full")).stderr(std::process::Stdio::piped());
+    let out = c.output().expect("run bulwark-verify");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the bundle holds, yet: {:?}\n{stderr}", out.status);
+    assert!(stderr.contains("report could not be written") && !stderr.contains("panicked"), "{stderr}");
+    env.assert_get(&t.id, "k", b"kept");
+}

@@ -5,6 +5,9 @@
 //! or logs. Nothing here uses `unsafe` (the workspace forbids it outside `tpm/` and `kernels/`).
 //! `expect`/`unwrap` are not used outside tests; every failure is a typed error naming its cause.
 
+// stdout is written through `out!`/`outln!`, which return a failed write instead of panicking.
+#![deny(clippy::print_stdout)]
+
 pub mod appliance;
 pub mod cli;
 pub mod datadir;

@@ -1,5 +1,8 @@
 //! `bulwark`: the appliance's command-line entry point.
 
+// stdout is written through `out!`/`outln!`, which return a failed write instead of panicking.
+#![deny(clippy::print_stdout)]
+
 use std::fs::File;
 use std::io::{IsTerminal, Write};
 use std::os::fd::AsFd;
@@ -12,7 +15,7 @@ use bulwark_appliance::datadir::DataDir;
 use bulwark_appliance::ids::TenantId;
 use bulwark_appliance::secret::Plaintext;
 use bulwark_appliance::vault::MAX_VALUE_LEN;
-use bulwark_appliance::{demo, report};
+use bulwark_appliance::{demo, out, outln, report};
 use clap::Parser;
 use serde_json::json;
 use zeroize::Zeroizing;
@@ -26,8 +29,12 @@ fn main() -> ExitCode {
     report::install_panic_hook();
     let cli = Cli::parse();
     let json = cli.json;
-    match run(cli) {
+    match run(cli).and_then(|()| Ok(report::flush_stdout()?)) {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader closed the pipe (`| head`): the command did its work, and nobody is left to tell.
+        Err(e) if e.downcast_ref::<report::StdoutError>().is_some_and(report::StdoutError::reader_gone) => {
+            ExitCode::SUCCESS
+        }
         Err(e) if json => {
             report::print_error_json(&*e);
             ExitCode::FAILURE
@@ -120,18 +127,18 @@ fn run(cli: Cli) -> Fallible {
             let log = bulwark_boot::eventlog::parse(&bytes)?;
             let replay = bulwark_boot::eventlog::pcr_values_json(&log.replay()?);
             if json {
-                println!("{replay}");
+                outln!("{replay}");
             } else {
-                println!("{}", serde_json::to_string_pretty(&replay)?);
+                outln!("{}", serde_json::to_string_pretty(&replay)?);
             }
             Ok(())
         }
         Command::Tpm(TpmCmd::PolicyPcr { bank, pcrs }) => {
             let digest = report::policy_pcr(&bank, &pcrs)?;
             if json {
-                println!("{}", json!({ "bank": bank, "policy_digest": hex::encode(digest) }));
+                outln!("{}", json!({ "bank": bank, "policy_digest": hex::encode(digest) }));
             } else {
-                println!("{}", hex::encode(digest));
+                outln!("{}", hex::encode(digest));
             }
             Ok(())
         }
@@ -193,15 +200,15 @@ fn run(cli: Cli) -> Fallible {
             let t = app.unlock_read_only(id)?;
             t.export(&appliance, &out)?;
             if json {
-                println!("{}", json!({"tenant": id.to_string(), "bundle": out}));
+                outln!("{}", json!({"tenant": id.to_string(), "bundle": out}));
             } else {
-                println!("wrote the auditor bundle of tenant {id} to {}", out.display());
+                outln!("wrote the auditor bundle of tenant {id} to {}", out.display());
             }
             Ok(())
         }
         Command::Appliance(ApplianceCmd::Pubkey) => {
             let mut app = Appliance::open(DataDir::new(&cli.data_dir)?, &cli.tpm)?;
-            print!("{}", app.appliance_ledger()?.public_key().to_spki_pem());
+            out!("{}", app.appliance_ledger()?.public_key().to_spki_pem());
             Ok(())
         }
         Command::Appliance(ApplianceCmd::Reseal { recovery_secret_file }) => {
@@ -209,11 +216,11 @@ fn run(cli: Cli) -> Fallible {
             let mut app = Appliance::open(DataDir::new(&cli.data_dir)?, &cli.tpm)?;
             let done = app.reseal_appliance(&secret)?;
             if json {
-                println!("{}", json!({"resealed": "appliance", "took_lockout": done.took_lockout}));
+                outln!("{}", json!({"resealed": "appliance", "took_lockout": done.took_lockout}));
             } else {
-                println!("resealed the appliance signing key to the current measured state");
+                outln!("resealed the appliance signing key to the current measured state");
                 if done.took_lockout {
-                    println!(
+                    outln!(
                         "took the TPM's lockout hierarchy (this data dir predates that): no one else can clear the TPM now"
                     );
                 }
@@ -277,25 +284,25 @@ fn tenant_cmd(app: &mut Appliance, cmd: TenantCmd, json: bool) -> Fallible {
                     .iter()
                     .map(|t| json!({"id": t.id.to_string(), "name": t.name, "created_unix": t.created_unix}))
                     .collect();
-                println!("{}", json!({ "tenants": items }));
+                outln!("{}", json!({ "tenants": items }));
             } else {
                 for t in list {
-                    println!("{}  {}", t.id, t.name);
+                    outln!("{}  {}", t.id, t.name);
                 }
             }
             Ok(())
         }
         TenantCmd::Pubkey { sel } => {
             let t = app.unlock_read_only(tenant_id(&sel.tenant)?)?;
-            print!("{}", t.public_key().to_spki_pem());
+            out!("{}", t.public_key().to_spki_pem());
             Ok(())
         }
         TenantCmd::Delete { sel, name } => {
             let rec = app.delete_tenant(tenant_id(&sel.tenant)?, &name)?;
             if json {
-                println!("{}", json!({"deleted": rec.id.to_string(), "name": rec.name}));
+                outln!("{}", json!({"deleted": rec.id.to_string(), "name": rec.name}));
             } else {
-                println!("deleted tenant {} ({}); its key is shredded in the TPM", rec.name, rec.id);
+                outln!("deleted tenant {} ({}); its key is shredded in the TPM", rec.name, rec.id);
             }
             Ok(())
         }
@@ -304,9 +311,9 @@ fn tenant_cmd(app: &mut Appliance, cmd: TenantCmd, json: bool) -> Fallible {
             let secret = read_recovery(&recovery_secret_file)?;
             app.reseal(id, &secret)?;
             if json {
-                println!("{}", json!({"resealed": id.to_string()}));
+                outln!("{}", json!({"resealed": id.to_string()}));
             } else {
-                println!("resealed tenant {id} to the current measured state");
+                outln!("resealed tenant {id} to the current measured state");
             }
             Ok(())
         }
@@ -321,7 +328,7 @@ fn vault_cmd(app: &mut Appliance, cmd: VaultCmd, json: bool) -> Fallible {
             let t = app.unlock(id)?;
             let (version, receipt) = t.put(&key, &value)?;
             if json {
-                println!(
+                outln!(
                     "{}",
                     json!({"tenant": id.to_string(), "key": key, "version": version, "receipt": receipt.to_text()})
                 );
@@ -333,9 +340,7 @@ fn vault_cmd(app: &mut Appliance, cmd: VaultCmd, json: bool) -> Fallible {
             let t = app.unlock_read_only(id)?;
             let (value, _receipt) = t.get(&key)?;
             // Straight to descriptor 1: no copy of the plaintext stays in std's stdout buffer.
-            stdout_unbuffered()
-                .and_then(|mut out| out.write_all(&value))
-                .map_err(|e| format!("cannot write the value to stdout: {e}"))?;
+            stdout_unbuffered().and_then(|mut out| out.write_all(&value)).map_err(report::StdoutError)?;
             Ok(())
         }
         VaultCmd::List { sel } => {
@@ -343,10 +348,10 @@ fn vault_cmd(app: &mut Appliance, cmd: VaultCmd, json: bool) -> Fallible {
             let t = app.unlock_read_only(id)?;
             let (list, _receipt) = t.list()?;
             if json {
-                println!("{}", json!({"tenant": id.to_string(), "records": list}));
+                outln!("{}", json!({"tenant": id.to_string(), "records": list}));
             } else {
                 for r in list {
-                    println!("{}\tv{}\t{} bytes", r.key, r.version, r.len);
+                    outln!("{}\tv{}\t{} bytes", r.key, r.version, r.len);
                 }
             }
             Ok(())
@@ -356,7 +361,7 @@ fn vault_cmd(app: &mut Appliance, cmd: VaultCmd, json: bool) -> Fallible {
             let t = app.unlock(id)?;
             t.delete(&key)?;
             if json {
-                println!("{}", json!({"tenant": id.to_string(), "deleted": key}));
+                outln!("{}", json!({"tenant": id.to_string(), "deleted": key}));
             }
             Ok(())
         }
@@ -365,9 +370,9 @@ fn vault_cmd(app: &mut Appliance, cmd: VaultCmd, json: bool) -> Fallible {
             let t = app.unlock_read_only(id)?;
             let (n, _receipt) = t.verify()?;
             if json {
-                println!("{}", json!({"tenant": id.to_string(), "records": n, "ok": true}));
+                outln!("{}", json!({"tenant": id.to_string(), "records": n, "ok": true}));
             } else {
-                println!("vault of {id} verified: {n} records");
+                outln!("vault of {id} verified: {n} records");
             }
             Ok(())
         }

@@ -1,6 +1,7 @@
 //! How the CLI talks to people: one logging setup, and errors printed once with their causes.
 
 use std::error::Error;
+use std::io::Write;
 
 /// Logs go to stderr, at `warn` unless `BULWARK_LOG` says otherwise (e.g. `BULWARK_LOG=info`). Nothing a
 /// tenant sends and no secret is ever a log field.
@@ -47,6 +48,47 @@ pub fn print_error_json(e: &(dyn Error + 'static)) {
         cause = c.source();
     }
     eprintln!("{}", serde_json::json!({ "error": e.to_string(), "causes": causes }));
+}
+
+/// A write to stdout failed: the reader closed the pipe (`| head`), or a redirect hit a full disk.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write to stdout")]
+pub struct StdoutError(#[source] pub std::io::Error);
+
+impl StdoutError {
+    /// Whether the reader went away (a closed pipe): nobody is left to tell, so the output just ends.
+    pub fn reader_gone(&self) -> bool {
+        self.0.kind() == std::io::ErrorKind::BrokenPipe
+    }
+}
+
+/// Writes `args` to stdout, returning a failure instead of panicking as `print!` does.
+pub fn out(args: std::fmt::Arguments<'_>) -> Result<(), StdoutError> {
+    std::io::stdout().lock().write_fmt(args).map_err(StdoutError)
+}
+
+/// Writes `args` and a newline to stdout (see [`out`]).
+pub fn outln(args: std::fmt::Arguments<'_>) -> Result<(), StdoutError> {
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_fmt(args).and_then(|()| stdout.write_all(b"\n")).map_err(StdoutError)
+}
+
+/// Flushes stdout, whose last bytes would otherwise be written (and their failure ignored) at exit.
+pub fn flush_stdout() -> Result<(), StdoutError> {
+    std::io::stdout().flush().map_err(StdoutError)
+}
+
+/// `print!` for commands that return errors: a failed write to stdout returns [`StdoutError`] from the
+/// enclosing function.
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::report::out(format_args!($($arg)*))? };
+}
+
+/// `println!` for commands that return errors (see [`out!`]).
+#[macro_export]
+macro_rules! outln {
+    ($($arg:tt)*) => { $crate::report::outln(format_args!($($arg)*))? };
 }
 
 /// `e` and its causes on one line, for an error that carries another's text.

@@ -8,7 +8,7 @@
 //! Exit status: 0 when every check holds, 1 when the bundle fails verification (the first failure is
 //! printed with its file, entry index and what failed), 2 when the command line or a key file is bad.
 
-use std::io::IsTerminal as _;
+use std::io::{IsTerminal as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -81,9 +81,12 @@ fn read_key(path: &Path, what: &str) -> Result<LedgerPublicKey, String> {
     LedgerPublicKey::from_spki_pem(&text).map_err(|e| format!("{what} {}: {e}", path.display()))
 }
 
-fn print_report(r: &AuditReport) {
+/// Writes the report to stdout; a failure is returned (the caller says so), never a panic.
+fn print_report(r: &AuditReport) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
     for (name, l) in [("tenant", &r.tenant), ("appliance", &r.appliance)] {
-        println!(
+        writeln!(
+            out,
             "{name} ledger {}: {} entries, {} OARs, {} outcomes, {} checkpoints, root {}{}",
             l.scope,
             l.head.size,
@@ -92,16 +95,17 @@ fn print_report(r: &AuditReport) {
             l.checkpoints,
             l.head.root,
             if l.key_pinned { "" } else { " (key NOT pinned)" }
-        );
+        )?;
         if !l.pending.is_empty() {
-            println!("  {} operations without outcome (allowed): counters {:?}", l.pending.len(), l.pending);
+            writeln!(out, "  {} operations without outcome (allowed): counters {:?}", l.pending.len(), l.pending)?;
         }
     }
-    println!("tenant key published in the appliance ledger at entry {}", r.key_published_at);
+    writeln!(out, "tenant key published in the appliance ledger at entry {}", r.key_published_at)?;
     for w in &r.warnings {
-        println!("warning: {w}");
+        writeln!(out, "warning: {w}")?;
     }
-    println!("OK");
+    writeln!(out, "OK")?;
+    out.flush()
 }
 
 fn main() -> ExitCode {
@@ -136,8 +140,13 @@ fn main() -> ExitCode {
     bar.0.finish_and_clear();
     match result {
         Ok(report) => {
-            if !args.quiet {
-                print_report(&report);
+            // The exit status is the verdict; a report that cannot be written is said on stderr (a reader
+            // that closed the pipe early is told nothing).
+            if !args.quiet
+                && let Err(e) = print_report(&report)
+                && e.kind() != std::io::ErrorKind::BrokenPipe
+            {
+                eprintln!("bulwark-verify: the bundle holds, but the report could not be written to stdout: {e}");
             }
             ExitCode::SUCCESS
         }
