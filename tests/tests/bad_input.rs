@@ -28,6 +28,17 @@ fn no_tpm_reachable_says_how_to_start_one() {
     assert_unchanged(&env.data_dir().join("tenants"), &before);
     env.assert_get(&t.id, "k", b"kept");
 
+    // Something that takes the connection but never answers (a hung swtpm, another service): an error
+    // that says so after a bounded wait, not a command that hangs.
+    let before = snapshot(&env.data_dir().join("tenants"));
+    let mute = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    let tcti = format!("swtpm:host=127.0.0.1,port={}", mute.local_addr().expect("address").port());
+    let mut c = bulwark();
+    c.arg("--data-dir").arg(env.data_dir()).args(["--tpm", &tcti, "vault", "get", "--tenant", &t.id, "k"]);
+    run_cmd(c, None).fails_with(&["did not answer a command within 10 s", "another client may be using it"]);
+    drop(mute);
+    assert_unchanged(&env.data_dir().join("tenants"), &before);
+
     // A --tpm that is not a TPM choice at all.
     let mut c = bulwark();
     c.arg("--data-dir").arg(env.data_dir()).args(["--tpm", "tcp:somewhere", "tenant", "list"]);

@@ -9,8 +9,18 @@
 //! socat to relay the command stream ([`TctiSpec::SwtpmSocket`], never parsed from the command line).
 
 use std::fmt;
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::time::Duration;
+
+/// How long a swtpm at a TCP address gets to answer one small command before a `Tpm` first connects to it.
+pub const SWTPM_ANSWER_WAIT: Duration = Duration::from_secs(10);
+
+/// TPM2_GetRandom of 8 bytes, without sessions (TPM 2.0 Part 3, 16.1): tag TPM_ST_NO_SESSIONS, size 12,
+/// command code 0x17B, bytesRequested 8. Any TPM answers it, started up or not (then with an error code).
+const PROBE_COMMAND: [u8; 12] = [0x80, 0x01, 0, 0, 0, 12, 0, 0, 0x01, 0x7B, 0, 8];
 
 /// Why a TCTI string was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -169,6 +179,48 @@ impl TctiSpec {
     }
 }
 
+/// Why a TCP swtpm did not pass [`TctiSpec::check_answers`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Silent {
+    /// It took the connection but sent nothing back in time.
+    NoAnswer,
+    /// It answered, but not with a TPM response header (another service on that port).
+    NotATpm,
+}
+
+impl TctiSpec {
+    /// For a swtpm on TCP: that it answers a TPM command (TPM2_GetRandom) within `wait`. The TSS's swtpm
+    /// transport waits without end on a peer that takes the connection and never answers (one that is
+    /// hung, another service, a swtpm serving another client: it serves one connection at a time), so
+    /// this asks first. Nothing listening, or a name that does not resolve, passes: the TSS reports
+    /// those itself. Other kinds always pass.
+    pub(crate) fn check_answers(&self, wait: Duration) -> Result<(), Silent> {
+        let TctiSpec::Swtpm { host, port } = self else { return Ok(()) };
+        let Ok(addrs) = (host.as_str(), *port).to_socket_addrs() else { return Ok(()) };
+        let Some(mut stream) = addrs.into_iter().find_map(|a| TcpStream::connect_timeout(&a, wait).ok()) else {
+            return Ok(());
+        };
+        if stream.set_read_timeout(Some(wait)).is_err() || stream.set_write_timeout(Some(wait)).is_err() {
+            return Ok(());
+        }
+        let mut header = [0u8; 10];
+        match stream.write_all(&PROBE_COMMAND).and_then(|()| stream.read_exact(&mut header)) {
+            // TPM_ST_NO_SESSIONS or TPM_ST_SESSIONS, then a size that covers at least the header.
+            Ok(()) if matches!(header[..2], [0x80, 0x01 | 0x02]) && header[2..6] >= [0, 0, 0, 10][..] => {
+                // The rest of the answer (the random bytes) is left unread: the connection closes here.
+                Ok(())
+            }
+            Ok(()) => Err(Silent::NotATpm),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                Err(Silent::NoAnswer)
+            }
+            // It closed the connection, or reset it: not an answer, and not a hang either. Left to the TSS,
+            // which reports the endpoint as unreachable.
+            Err(_) => Ok(()),
+        }
+    }
+}
+
 fn valid_host(h: &str) -> bool {
     !h.is_empty()
         && h.len() <= 253
@@ -231,6 +283,48 @@ impl fmt::Display for TctiSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tcp_peer_that_does_not_answer_as_a_tpm_is_told_apart() {
+        let wait = Duration::from_millis(300);
+        let spec_for = |l: &std::net::TcpListener| TctiSpec::Swtpm {
+            host: "127.0.0.1".into(),
+            port: l.local_addr().unwrap().port(),
+        };
+        // Takes the connection, never answers.
+        let mute = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        assert_eq!(spec_for(&mute).check_answers(wait), Err(Silent::NoAnswer));
+        // Answers, but not as a TPM.
+        let web = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let spec = spec_for(&web);
+        let server = std::thread::spawn(move || {
+            let (mut c, _) = web.accept().unwrap();
+            let mut buf = [0u8; 12];
+            c.read_exact(&mut buf).unwrap();
+            c.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").unwrap();
+        });
+        assert_eq!(spec.check_answers(wait), Err(Silent::NotATpm));
+        server.join().unwrap();
+        // Answers as a TPM does (a TPM_RC_INITIALIZE response header).
+        let tpm = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let spec = spec_for(&tpm);
+        let server = std::thread::spawn(move || {
+            let (mut c, _) = tpm.accept().unwrap();
+            let mut buf = [0u8; 12];
+            c.read_exact(&mut buf).unwrap();
+            assert_eq!(buf, PROBE_COMMAND);
+            c.write_all(&[0x80, 0x01, 0, 0, 0, 10, 0, 0, 0x01, 0x00]).unwrap();
+        });
+        assert_eq!(spec.check_answers(wait), Ok(()));
+        server.join().unwrap();
+        // Nothing listening, and the other kinds: left to the TSS.
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        assert_eq!(TctiSpec::Swtpm { host: "127.0.0.1".into(), port }.check_answers(wait), Ok(()));
+        assert_eq!(TctiSpec::Device { path: "/dev/tpmrm0".into() }.check_answers(wait), Ok(()));
+    }
 
     #[test]
     fn a_socket_swtpm_is_reached_through_socat_from_its_dir_quoted_for_sh() {

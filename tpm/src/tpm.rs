@@ -17,7 +17,7 @@ use crate::lock::{Held, lock_path, open_lock_file};
 use crate::policy::{self, NvOperation, NvPublic, PcrBank, PcrIndex, PcrValues, PolicyDigest, PolicyError, nv_attr};
 use crate::rc::{TpmRc, codes};
 use crate::secret::SecretBytes;
-use crate::tcti::TctiSpec;
+use crate::tcti::{SWTPM_ANSWER_WAIT, Silent, TctiSpec};
 
 /// The TCG-recommended persistent handle of the storage root key (TCG TPM v2.0 Provisioning
 /// Guidance, section 7.8: 0x81000001 for the SRK).
@@ -54,6 +54,20 @@ pub enum TpmError {
         rc: TpmRc,
         /// How to start or reach one.
         hint: String,
+    },
+    /// A swtpm address took the connection but did not answer a TPM command in time (see
+    /// `TctiSpec::check_answers`).
+    #[error(
+        "the TPM at {spec} did not answer a command within {waited_s} s ({why}): another client may be using \
+         it (a swtpm serves one connection at a time), it may be hung, or that port is not a swtpm's TPM port"
+    )]
+    NotAnswering {
+        /// The endpoint, as configured.
+        spec: String,
+        /// How long it was given.
+        waited_s: u64,
+        /// What it did.
+        why: &'static str,
     },
     /// A TPM command failed for a reason no more specific variant covers.
     #[error("{cmd} failed: {rc}")]
@@ -389,6 +403,8 @@ struct State {
     cache: Cache,
     /// The owner hierarchy's authorization, when it is not empty (see [`Tpm::set_owner_auth`]).
     owner_auth: Option<SecretBytes>,
+    /// Whether the endpoint answered `TctiSpec::check_answers` (asked once, before the first connection).
+    answered: bool,
 }
 
 /// A TPM 2.0, reached through [`TctiSpec`]. `Send + Sync`: operations are serialized by a mutex
@@ -691,7 +707,13 @@ impl Tpm {
                 SessionEncryption::Always => true,
                 SessionEncryption::Auto => !spec.is_loopback_swtpm(),
             },
-            state: Mutex::new(State { lock_file, conn: None, cache: Cache::default(), owner_auth: None }),
+            state: Mutex::new(State {
+                lock_file,
+                conn: None,
+                cache: Cache::default(),
+                owner_auth: None,
+                answered: false,
+            }),
         };
         tpm.clock_info()?;
         Ok(tpm)
@@ -816,6 +838,17 @@ impl Tpm {
         let _contexts = crate::ossl::SharedContexts::enter();
         let _held = Held::acquire(&mut state.lock_file, &self.lock_path)
             .map_err(|source| TpmError::Lock { path: self.lock_path.clone(), source })?;
+        if !state.answered {
+            self.spec.check_answers(SWTPM_ANSWER_WAIT).map_err(|silent| TpmError::NotAnswering {
+                spec: self.spec.to_string(),
+                waited_s: SWTPM_ANSWER_WAIT.as_secs(),
+                why: match silent {
+                    Silent::NoAnswer => "it took the connection and sent nothing back",
+                    Silent::NotATpm => "what came back is not a TPM response",
+                },
+            })?;
+            state.answered = true;
+        }
         if state.conn.is_none() {
             let esys = Esys::connect(&self.conf).map_err(|e| TpmError::Unreachable {
                 spec: self.spec.to_string(),
