@@ -173,6 +173,48 @@ pub(crate) fn commit(tx: redb::WriteTransaction) -> Result<(), redb::CommitError
     tx.commit()
 }
 
+/// What became of a commit that [`commit_settled`] looked at.
+pub(crate) enum Settled {
+    /// The file holds it (also when the file system reported a failure and the reopened file holds it).
+    Stored,
+    /// The file system failed it, and the file does not hold it.
+    Failed(std::io::Error),
+    /// The file system failed it, and the file could not be reopened to look (why, with its causes).
+    Unknown { failed: std::io::Error, reopen: String },
+}
+
+/// Commits `tx` to the redb file at `path` (`what` names it in the log). A commit that the file system
+/// fails (a full disk, an I/O error) may still have reached the file: redb writes the new header and the
+/// pages it names in one flush, in no fixed order, and the next open of the file keeps the newest commit
+/// whose pages all check out. So after such a failure `look` reopens the file as that open would
+/// (repairing it if it must) and says whether the change is there. Failures that are not the file
+/// system's come back as they are.
+pub(crate) fn commit_settled<E: std::error::Error + 'static>(
+    what: &str,
+    path: &Path,
+    tx: redb::WriteTransaction,
+    look: impl FnOnce() -> Result<bool, E>,
+) -> Result<Settled, redb::Error> {
+    let failed = match commit(tx).map_err(storage_io) {
+        Ok(()) => return Ok(Settled::Stored),
+        Err(Ok(io)) => io,
+        Err(Err(other)) => return Err(other),
+    };
+    Ok(match look() {
+        Ok(true) => {
+            tracing::warn!(
+                path = %path.display(),
+                error = %failed,
+                "the file system reported a failure as a {what} write was committed, but the write reached the file: \
+                 it stands"
+            );
+            Settled::Stored
+        }
+        Ok(false) => Settled::Failed(failed),
+        Err(e) => Settled::Unknown { failed, reopen: crate::report::with_causes(&e) },
+    })
+}
+
 /// Opens the lock file at `path` (creating it if needed) and takes an exclusive `flock` on it, waiting up
 /// to `wait` while another process holds it: `Ok(None)` when the wait ran out. The lock lasts as long as
 /// the returned file stays open.

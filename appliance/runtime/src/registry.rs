@@ -13,6 +13,7 @@ use std::time::Duration;
 use redb::{Database, ReadOnlyDatabase, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
+use crate::datadir::Settled;
 use crate::ids::TenantId;
 
 const TENANTS: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("tenants");
@@ -70,7 +71,6 @@ fn store<E: Into<redb::Error>>(e: E) -> RegistryError {
     }
 }
 
-/// A record that does not decode (or encode) as a [`TenantRecord`].
 /// The stored bytes of tenant `id`'s record, if `tx` sees one.
 fn stored_bytes(tx: &redb::ReadTransaction, id: TenantId) -> Result<Option<Vec<u8>>, RegistryError> {
     let t = match tx.open_table(TENANTS) {
@@ -86,6 +86,7 @@ fn lost() -> RegistryError {
     RegistryError::Store("the tenant registry could not be reopened after a failed write".into())
 }
 
+/// A record that does not decode (or encode) as a [`TenantRecord`].
 fn malformed(e: postcard::Error) -> RegistryError {
     RegistryError::Store(Box::new(e))
 }
@@ -263,37 +264,26 @@ impl Registry {
         }
     }
 
-    /// Commits `tx`. A commit that the file system fails (a full disk, an I/O error) may still have reached
-    /// the file (redb writes the new header and the pages it names in one flush, in no fixed order, and
-    /// the next open keeps the newest commit whose pages all check out), so the registry reopens the file
-    /// at once, as that open would, and asks `stored` of it: the commit's error stands only when the
-    /// change is not there, and [`RegistryError::Unsettled`] says so when the file cannot be reopened.
+    /// Commits `tx`, and after a failure of the file system looks whether the change reached the file all
+    /// the same ([`crate::datadir::commit_settled`]): its error stands only when the change is not there,
+    /// and [`RegistryError::Unsettled`] says so when the file cannot be reopened to look. `stored` asks
+    /// the reopened file.
     fn commit_settled(
         &self,
         tx: WriteTransaction,
         stored: impl FnOnce(&redb::ReadTransaction) -> Result<bool, RegistryError>,
     ) -> Result<(), RegistryError> {
-        let failed = match crate::datadir::commit(tx).map_err(store) {
-            Ok(()) => return Ok(()),
-            Err(RegistryError::Storage(e)) => e,
-            Err(e) => return Err(e),
-        };
-        let landed = self.reopen().and_then(|()| match self.begin_read()? {
-            Some(tx) => stored(&tx),
-            None => Ok(false),
-        });
-        match landed {
-            Ok(true) => {
-                tracing::warn!(
-                    path = %self.path.display(),
-                    error = %failed,
-                    "the file system reported a failure as a registry write was committed, but the write reached \
-                     the file: it stands"
-                );
-                Ok(())
+        let look = || {
+            self.reopen()?;
+            match self.begin_read()? {
+                Some(tx) => stored(&tx),
+                None => Ok(false),
             }
-            Ok(false) => Err(RegistryError::Storage(failed)),
-            Err(e) => Err(RegistryError::Unsettled { source: failed, reopen: crate::report::with_causes(&e) }),
+        };
+        match crate::datadir::commit_settled("registry", &self.path, tx, look).map_err(store)? {
+            Settled::Stored => Ok(()),
+            Settled::Failed(e) => Err(RegistryError::Storage(e)),
+            Settled::Unknown { failed, reopen } => Err(RegistryError::Unsettled { source: failed, reopen }),
         }
     }
 

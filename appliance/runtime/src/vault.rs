@@ -74,6 +74,7 @@ use redb::{
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
+use crate::datadir::Settled;
 use crate::ids::TenantId;
 use crate::secret::{Plaintext, SecretKey};
 
@@ -1035,34 +1036,23 @@ impl Vault {
         })
     }
 
-    /// Commits `tx`. A commit that the file system fails (a full disk, an I/O error) may still have reached
-    /// the file: redb writes the new header and the pages it names in one flush, in no fixed order, and
-    /// the next open of the file keeps the newest commit whose pages all check out. So the vault reopens
-    /// the file at once, as that open would (repairing it if it must), and asks `stored` of the reopened
-    /// file: the commit's error stands only when the change is not there, and [`VaultError::Unsettled`]
-    /// says so when the file cannot be reopened to tell.
+    /// Commits `tx`, and after a failure of the file system looks whether the change reached the file all
+    /// the same ([`crate::datadir::commit_settled`]): its error stands only when the change is not there,
+    /// and [`VaultError::Unsettled`] says so when the file cannot be reopened to look. `stored` asks the
+    /// reopened file.
     fn commit_settled(
         &self,
         tx: WriteTransaction,
         stored: impl FnOnce(&ReadTransaction) -> Result<bool, VaultError>,
     ) -> Result<(), VaultError> {
-        let failed = match crate::datadir::commit(tx).map_err(corrupt) {
-            Ok(()) => return Ok(()),
-            Err(VaultError::Storage(e)) => e,
-            Err(e) => return Err(e),
+        let look = || {
+            self.db.reopen(&self.path)?;
+            stored(&self.db.begin_read()?)
         };
-        match self.db.reopen(&self.path).and_then(|()| stored(&self.db.begin_read()?)) {
-            Ok(true) => {
-                tracing::warn!(
-                    path = %self.path.display(),
-                    error = %failed,
-                    "the file system reported a failure as a vault write was committed, but the write reached the \
-                     file: it stands"
-                );
-                Ok(())
-            }
-            Ok(false) => Err(VaultError::Storage(failed)),
-            Err(e) => Err(VaultError::Unsettled { source: failed, reopen: crate::report::with_causes(&e) }),
+        match crate::datadir::commit_settled("vault", &self.path, tx, look).map_err(corrupt)? {
+            Settled::Stored => Ok(()),
+            Settled::Failed(e) => Err(VaultError::Storage(e)),
+            Settled::Unknown { failed, reopen } => Err(VaultError::Unsettled { source: failed, reopen }),
         }
     }
 
