@@ -80,6 +80,12 @@ fn unknown_and_malformed_tenant_ids_are_refused() {
     let v: serde_json::Value = serde_json::from_str(last).unwrap_or_else(|e| panic!("{e}: {:?}", run.stderr));
     assert!(v["error"].as_str().is_some_and(|m| m.contains("no record \"missing\"")), "{v}");
     assert!(v["causes"].is_array(), "{v}");
+    // Also for a command line that does not parse.
+    let run = env.run(&["vault", "get", "--json"]);
+    assert_eq!(run.status.code(), Some(2), "{}", run.stderr);
+    let v: serde_json::Value =
+        serde_json::from_str(run.stderr.trim_end()).unwrap_or_else(|e| panic!("{e}: {:?}", run.stderr));
+    assert!(v["error"].as_str().is_some_and(|m| m.contains("--tenant <TENANT>")), "{v}");
     env.run_stdin(&["vault", "put", "--tenant", &t.id, ""], b"x").fails_with(&["invalid record key"]);
     env.run_stdin(&["vault", "put", "--tenant", &t.id, "a\nb"], b"x").fails_with(&["invalid record key"]);
     env.assert_get(&t.id, "k", b"kept");

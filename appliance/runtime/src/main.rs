@@ -27,7 +27,18 @@ fn main() -> ExitCode {
     bulwark_tpm::swtpm::close_inherited_descriptors_on_exec();
     report::init_logging();
     report::install_panic_hook();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // A command line clap refuses, asked for as --json: its message as the one JSON error object.
+        Err(e) if e.use_stderr() && std::env::args_os().any(|a| a == "--json") => {
+            let text = e.render().to_string();
+            report::print_error_json(&*Box::<dyn std::error::Error>::from(
+                text.trim_end().trim_start_matches("error: "),
+            ));
+            return ExitCode::from(2);
+        }
+        Err(e) => e.exit(),
+    };
     let json = cli.json;
     match run(cli).and_then(|()| Ok(report::flush_stdout()?)) {
         Ok(()) => ExitCode::SUCCESS,
