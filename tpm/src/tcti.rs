@@ -207,7 +207,10 @@ impl TctiSpec {
         match stream.write_all(&PROBE_COMMAND).and_then(|()| stream.read_exact(&mut header)) {
             // TPM_ST_NO_SESSIONS or TPM_ST_SESSIONS, then a size that covers at least the header.
             Ok(()) if matches!(header[..2], [0x80, 0x01 | 0x02]) && header[2..6] >= [0, 0, 0, 10][..] => {
-                // The rest of the answer (the random bytes) is left unread: the connection closes here.
+                // The rest of the answer (the random bytes), read so the close is an orderly one.
+                let size = u32::from_be_bytes([header[2], header[3], header[4], header[5]]);
+                let mut rest = vec![0u8; usize::try_from(size).unwrap_or(0).saturating_sub(10).min(64)];
+                let _ = stream.read_exact(&mut rest);
                 Ok(())
             }
             Ok(()) => Err(Silent::NotATpm),
