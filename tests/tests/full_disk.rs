@@ -14,7 +14,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use bulwark_tests::{Env, Run, run_cmd, verify_bin};
+use bulwark_tests::{Env, Run, TestTpm, bulwark, run_cmd, verify_bin};
 
 /// A tmpfs mounted for the length of a test, unmounted on drop.
 struct Tmpfs(PathBuf);
@@ -227,6 +227,53 @@ fn a_full_disk_fails_commands_clearly_and_loses_nothing() {
     let mut c = Command::new(verify_bin());
     c.arg(&bundle).arg("--key").arg(&key).args(["--tenant", &legal.id]);
     run_cmd(c, None).ok();
+}
+
+#[test]
+fn an_init_that_runs_out_of_space_says_so_and_finishes_when_run_again() {
+    // Each step takes a new TPM (init takes a TPM's ownership) and a new small file system, fills it up to
+    // the given free space, runs init, frees the space and runs init again.
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let mut seen = Vec::new();
+    for leave in (0..=120).step_by(8) {
+        let tpm = TestTpm::start();
+        let Some(fs) = Tmpfs::mount(&scratch.path().join(format!("fs-{leave}")), "4m") else {
+            eprintln!("skipped: only root can mount the small file system this test fills");
+            return;
+        };
+        let data = fs.0.join("data");
+        let init = || {
+            let mut c = bulwark();
+            c.arg("--data-dir").arg(&data).args(["--tpm", &tpm.tcti(), "init"]);
+            run_cmd(c, None)
+        };
+        let filler = fs.leave_free(leave);
+        let first = init();
+        std::fs::remove_file(filler).expect("free the space");
+        let class = if first.status.success() {
+            "initialised"
+        } else {
+            out_of_space(&first);
+            if first.stderr.contains("did not finish") {
+                assert!(first.stderr.contains("run it again with the same settings"), "{}", first.stderr);
+                "stopped half way"
+            } else {
+                "refused"
+            }
+        };
+        seen.push((leave, class));
+        if class == "initialised" {
+            break;
+        }
+        // Run again with room: it finishes what the first began, and the appliance works.
+        init().ok();
+        let mut c = bulwark();
+        c.arg("--data-dir").arg(&data).args(["--tpm", &tpm.tcti(), "tenant", "list"]);
+        run_cmd(c, None).ok();
+    }
+    eprintln!("init, KiB free and outcome: {seen:?}");
+    assert!(seen.iter().any(|s| s.1 == "stopped half way"), "no init stopped half way: {seen:?}");
+    assert_eq!(seen.last().map(|s| s.1), Some("initialised"), "no init succeeded with up to 120 KiB free");
 }
 
 #[test]

@@ -115,6 +115,19 @@ pub enum ApplianceError {
         /// What shows it was in use.
         signs: String,
     },
+    /// `init` stopped after it began writing the data dir; run again, it finishes what it began.
+    #[error(
+        "`bulwark init` of {} did not finish; once the cause below is removed, run it again with the same \
+         settings: it finishes what this one began",
+        dir.display()
+    )]
+    InitUnfinished {
+        /// The data dir.
+        dir: std::path::PathBuf,
+        /// Why it stopped.
+        #[source]
+        source: Box<ApplianceError>,
+    },
     /// `init` was asked for something that contradicts the half-initialised data dir it would finish.
     #[error("{dir} is half initialised with {what}; run `bulwark init` with the same settings, or remove it")]
     UnfinishedMismatch {
@@ -397,6 +410,17 @@ fn settle<T>(gate: &Gate, token: Attested, done: Result<(Digest, T), ApplianceEr
     let op = token.op();
     let (done, refused) = record_outcome(gate, token, done);
     unrecorded(op, done, refused)
+}
+
+/// Wraps a failure of an `init` that had begun writing `dir` as [`ApplianceError::InitUnfinished`], unless
+/// it already says what to do about the half-initialised dir.
+fn init_unfinished(dir: std::path::PathBuf) -> impl FnOnce(ApplianceError) -> ApplianceError {
+    move |e| match e {
+        e @ (ApplianceError::ApplianceKeyLost { .. }
+        | ApplianceError::UnfinishedMismatch { .. }
+        | ApplianceError::InitUnfinished { .. }) => e,
+        e => ApplianceError::InitUnfinished { dir, source: Box::new(e) },
+    }
 }
 
 /// The result digest of a failed operation that may have taken effect all the same (see
@@ -759,7 +783,9 @@ impl Appliance {
             if dd.appliance_dir().join(KEY_SEALED).exists() {
                 return Err(DataDirError::AlreadyInitialised(dd.root().to_path_buf()).into());
             }
-            return Self::finish_init(dd, tpm_choice, profile_choice, danger_dev_unbound_executable);
+            let dir = dd.root().to_path_buf();
+            return Self::finish_init(dd, tpm_choice, profile_choice, danger_dev_unbound_executable)
+                .map_err(init_unfinished(dir));
         }
         let (config, bytes) = match fresh {
             Some(fresh) => fresh,
@@ -775,12 +801,15 @@ impl Appliance {
             prove_lockout_auth_empty(&machine.tpm)?;
             machine.tpm.ensure_srk()?;
         }
-        dd.initialise(&config, &bytes)?;
         // From here on a failure leaves a half-initialised dir (its config is measured into the runtime
         // PCR by the next step, so it must stay as written): `init` run again finishes it.
-        let mut me = Self::open_unchecked(dd, tpm_choice)?;
-        let recovery = me.create_appliance_key()?;
-        Ok((me, recovery))
+        let dir = dd.root().to_path_buf();
+        let made = dd.initialise(&config, &bytes).map_err(ApplianceError::from).and_then(|()| {
+            let mut me = Self::open_unchecked(dd, tpm_choice)?;
+            let recovery = me.create_appliance_key()?;
+            Ok((me, recovery))
+        });
+        made.map_err(init_unfinished(dir))
     }
 
     /// `init` on a data dir whose config exists but whose appliance key does not (an earlier `init`
