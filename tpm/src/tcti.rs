@@ -297,29 +297,27 @@ mod tests {
         // Takes the connection, never answers.
         let mute = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         assert_eq!(spec_for(&mute).check_answers(wait), Err(Silent::NoAnswer));
+        // A peer that reads one probe and sends `reply`; what it read comes back from the thread.
+        let answering = |reply: &'static [u8]| {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let spec = spec_for(&l);
+            let server = std::thread::spawn(move || {
+                let (mut c, _) = l.accept().unwrap();
+                let mut buf = [0u8; 12];
+                c.read_exact(&mut buf).unwrap();
+                c.write_all(reply).unwrap();
+                buf
+            });
+            (spec, server)
+        };
         // Answers, but not as a TPM.
-        let web = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let spec = spec_for(&web);
-        let server = std::thread::spawn(move || {
-            let (mut c, _) = web.accept().unwrap();
-            let mut buf = [0u8; 12];
-            c.read_exact(&mut buf).unwrap();
-            c.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").unwrap();
-        });
+        let (spec, server) = answering(b"HTTP/1.1 400 Bad Request\r\n\r\n");
         assert_eq!(spec.check_answers(wait), Err(Silent::NotATpm));
         server.join().unwrap();
         // Answers as a TPM does (a TPM_RC_INITIALIZE response header).
-        let tpm = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let spec = spec_for(&tpm);
-        let server = std::thread::spawn(move || {
-            let (mut c, _) = tpm.accept().unwrap();
-            let mut buf = [0u8; 12];
-            c.read_exact(&mut buf).unwrap();
-            assert_eq!(buf, PROBE_COMMAND);
-            c.write_all(&[0x80, 0x01, 0, 0, 0, 10, 0, 0, 0x01, 0x00]).unwrap();
-        });
+        let (spec, server) = answering(&[0x80, 0x01, 0, 0, 0, 10, 0, 0, 0x01, 0x00]);
         assert_eq!(spec.check_answers(wait), Ok(()));
-        server.join().unwrap();
+        assert_eq!(server.join().unwrap(), PROBE_COMMAND);
         // Nothing listening, and the other kinds: left to the TSS.
         let port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
